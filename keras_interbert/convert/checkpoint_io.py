@@ -1,0 +1,193 @@
+"""Reading tensors from checkpoints and assigning them to Keras variables."""
+import os
+
+import numpy as np
+
+
+def load_state_dict(path):
+    """A `{name: float32 numpy array}` from `.bin`/`.pt`, `.safetensors` or `.npz`.
+
+    A `.npz` may prefix names with `weights/` (as the project's fixtures do);
+    the prefix is dropped. Torch is imported only for the pickle formats.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No checkpoint at '{path}'.")
+    lower = path.lower()
+    if lower.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        tensors = load_file(path)
+    elif lower.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as data:
+            prefixed = any(k.startswith("weights/") for k in data.files)
+            tensors = {}
+            for key in data.files:
+                if prefixed:
+                    if key.startswith("weights/"):
+                        tensors[key[len("weights/"):]] = data[key]
+                elif data[key].dtype.kind in "fiu":
+                    tensors[key] = data[key]
+    elif lower.endswith((".bin", ".pt", ".pth")):
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        tensors = {k: v.detach().float().numpy() for k, v in state.items()}
+    else:
+        raise ValueError(
+            f"Unsupported checkpoint '{path}': expected a file ending in "
+            "'.bin', '.pt', '.pth', '.safetensors' or '.npz'."
+        )
+    if not tensors:
+        raise ValueError(f"Checkpoint '{path}' holds no tensors.")
+    # Strip a `module.` prefix left by DataParallel/DistributedDataParallel.
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+
+
+class WeightAssigner:
+    """Assigns source tensors to Keras variables and accounts for both sides.
+
+    `take(name)` marks a source tensor consumed; `assign(variable, value)`
+    marks a variable assigned. `finish()` raises a `ValueError` listing any
+    source tensor not consumed and any variable of `model` not assigned
+    (besides `allow_unassigned`), so a converter can never silently drop or
+    miss a weight.
+    """
+
+    def __init__(self, source, source_label):
+        self.source = source
+        self.source_label = source_label
+        self.consumed = set()
+        self.assigned = set()
+
+    def has(self, name):
+        return name in self.source
+
+    def take(self, name):
+        if name not in self.source:
+            raise ValueError(
+                f"{self.source_label}: tensor '{name}' is missing from the "
+                "checkpoint."
+            )
+        self.consumed.add(name)
+        return self.source[name]
+
+    def skip(self, name):
+        """Consume a tensor on purpose (e.g. a buffer with no weight)."""
+        self.consumed.add(name)
+
+    def assign(self, variable, value, what):
+        value = np.asarray(value)
+        if tuple(variable.shape) != tuple(value.shape):
+            raise ValueError(
+                f"{self.source_label}: '{what}' has shape {value.shape}, but "
+                f"the Keras variable '{variable.path}' expects "
+                f"{tuple(variable.shape)}."
+            )
+        variable.assign(value.astype(variable.dtype))
+        self.assigned.add(id(variable))
+
+    def finish(self, model, allow_unassigned=()):
+        leftover = sorted(set(self.source) - self.consumed)
+        allowed = {id(v) for v in allow_unassigned}
+        unassigned = sorted(
+            v.path for v in model.weights
+            if id(v) not in self.assigned and id(v) not in allowed
+        )
+        if leftover or unassigned:
+            raise ValueError(
+                f"{self.source_label}: conversion incomplete. Tensors of the "
+                f"checkpoint not used: {leftover}. Keras weights not "
+                f"assigned: {unassigned}."
+            )
+
+
+def assign_transformer_layer(assigner, layer, get, label):
+    """Loads one BERT block into an `InterBERTTransformerLayer`.
+
+    `get(part)` returns a PyTorch-layout tensor (`Linear` weights `[out, in]`)
+    for part names `query.weight`, `query.bias`, `key.*`, `value.*`,
+    `attention_output.*`, `attention_layer_norm.{gamma,beta}`,
+    `intermediate.*`, `output.*`, `output_layer_norm.{gamma,beta}`.
+    """
+    attention = layer._self_attention_layer
+    heads = attention.num_heads
+    head_dim = attention.key_dim
+    for part, dense in (
+        ("query", attention._query_dense),
+        ("key", attention._key_dense),
+        ("value", attention._value_dense),
+    ):
+        kernel = get(f"{part}.weight").T.reshape(-1, heads, head_dim)
+        assigner.assign(dense.kernel, kernel, f"{label}.{part}.weight")
+        bias = get(f"{part}.bias").reshape(heads, head_dim)
+        assigner.assign(dense.bias, bias, f"{label}.{part}.bias")
+    out = attention._output_dense
+    kernel = get("attention_output.weight").T.reshape(heads, head_dim, -1)
+    assigner.assign(out.kernel, kernel, f"{label}.attention_output.weight")
+    assigner.assign(out.bias, get("attention_output.bias"),
+                    f"{label}.attention_output.bias")
+    for part, norm in (
+        ("attention_layer_norm", layer._self_attention_layer_norm),
+        ("output_layer_norm", layer._feedforward_layer_norm),
+    ):
+        assigner.assign(norm.gamma, get(f"{part}.gamma"), f"{label}.{part}.gamma")
+        assigner.assign(norm.beta, get(f"{part}.beta"), f"{label}.{part}.beta")
+    for part, dense in (
+        ("intermediate", layer._feedforward_intermediate_dense),
+        ("output", layer._feedforward_output_dense),
+    ):
+        assigner.assign(dense.kernel, get(f"{part}.weight").T,
+                        f"{label}.{part}.weight")
+        assigner.assign(dense.bias, get(f"{part}.bias"), f"{label}.{part}.bias")
+
+
+def assign_dense(assigner, dense, weight, bias, label):
+    """A PyTorch `Linear` (`[out, in]` weight) into a Keras `Dense`."""
+    assigner.assign(dense.kernel, weight.T, f"{label}.weight")
+    assigner.assign(dense.bias, bias, f"{label}.bias")
+
+
+def assign_layer_norm(assigner, norm, gamma, beta, label):
+    assigner.assign(norm.gamma, gamma, f"{label}.weight")
+    assigner.assign(norm.beta, beta, f"{label}.bias")
+
+
+_TORCH_BERT_LAYER_NAMES = {
+    "query.weight": "attention.self.query.weight",
+    "query.bias": "attention.self.query.bias",
+    "key.weight": "attention.self.key.weight",
+    "key.bias": "attention.self.key.bias",
+    "value.weight": "attention.self.value.weight",
+    "value.bias": "attention.self.value.bias",
+    "attention_output.weight": "attention.output.dense.weight",
+    "attention_output.bias": "attention.output.dense.bias",
+    "attention_layer_norm.gamma": "attention.output.LayerNorm.weight",
+    "attention_layer_norm.beta": "attention.output.LayerNorm.bias",
+    "intermediate.weight": "intermediate.dense.weight",
+    "intermediate.bias": "intermediate.dense.bias",
+    "output.weight": "output.dense.weight",
+    "output.bias": "output.dense.bias",
+    "output_layer_norm.gamma": "output.LayerNorm.weight",
+    "output_layer_norm.beta": "output.LayerNorm.bias",
+}
+
+
+def torch_layer_getter(assigner, prefix):
+    """`get(part)` over a PyTorch BERT block named `{prefix}.attention...`.
+
+    Accepts the old `gamma`/`beta` LayerNorm names as well.
+    """
+
+    def get(part):
+        name = f"{prefix}.{_TORCH_BERT_LAYER_NAMES[part]}"
+        if not assigner.has(name) and "LayerNorm" in name:
+            old = name.replace(".weight", ".gamma").replace(".bias", ".beta")
+            if assigner.has(old):
+                name = old
+        return assigner.take(name)
+
+    return get

@@ -1,0 +1,2 @@
+from keras_interbert.models.interbert_backbone import InterBERTBackbone
+from keras_interbert.models.interbert_pretrainer import InterBERTPretrainer

@@ -1,0 +1,35 @@
+import keras
+
+from keras_interbert.models.input_checks import check_backbone_inputs
+
+
+class FunctionalBase(keras.Model):
+    """Shared base of the project's functional models.
+
+    Sublayers are created in `__init__` before `keras.Model.__init__` runs
+    (the keras-hub layout: layers, functional wiring, config). Under the
+    torch backend a module attribute cannot be set before
+    `torch.nn.Module.__init__`; the functional graph tracks every layer, so
+    plain attribute setting is safe until then. Every call checks the
+    backbone input dictionary first and names what is wrong.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._initialized = True
+
+    def __setattr__(self, name, value):
+        is_property = isinstance(getattr(type(self), name, None), property)
+        uninitialized = not hasattr(self, "_initialized")
+        if keras.config.backend() == "torch" and (is_property or uninitialized):
+            return object.__setattr__(self, name, value)
+        return super().__setattr__(name, value)
+
+    def _image_feature_dim(self):
+        raise NotImplementedError
+
+    def __call__(self, inputs, *args, **kwargs):
+        check_backbone_inputs(
+            inputs, self._image_feature_dim(), type(self).__name__
+        )
+        return super().__call__(inputs, *args, **kwargs)
