@@ -1,0 +1,38 @@
+# keras-interbert: `make quickstart` (the main job) and `make test` (the suite
+# under the TensorFlow, JAX and PyTorch backends). Both create .venv if needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BACKENDS ?= tensorflow jax torch
+PYTEST_ARGS ?=
+
+.PHONY: install test test-tensorflow test-jax test-torch quickstart benchmark clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+
+# Reinstalls whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	@status=0; for backend in $(BACKENDS); do \
+	  echo "=== KERAS_BACKEND=$$backend"; \
+	  KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) || status=1; \
+	done; exit $$status
+
+test-%: install
+	KERAS_BACKEND=$* $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+quickstart: install
+	$(BIN)/python recipes/quickstart.py
+
+benchmark: install
+	$(BIN)/python benchmarks/forward_throughput.py
+
+clean:
+	rm -rf $(VENV) reports runs
