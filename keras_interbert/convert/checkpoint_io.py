@@ -151,6 +151,13 @@ def assign_dense(assigner, dense, weight, bias, label):
     assigner.assign(dense.bias, bias, f"{label}.bias")
 
 
+def take_layer_norm(assigner, prefix):
+    """`(gamma, beta)` of a LayerNorm saved as `weight`/`bias` or `gamma`/`beta`."""
+    if assigner.has(f"{prefix}.weight") or not assigner.has(f"{prefix}.gamma"):
+        return assigner.take(f"{prefix}.weight"), assigner.take(f"{prefix}.bias")
+    return assigner.take(f"{prefix}.gamma"), assigner.take(f"{prefix}.beta")
+
+
 def assign_layer_norm(assigner, norm, gamma, beta, label):
     assigner.assign(norm.gamma, gamma, f"{label}.weight")
     assigner.assign(norm.beta, beta, f"{label}.bias")

@@ -273,7 +273,10 @@ class InterBERTBackbone(FunctionalBase):
 
         image_keys = _key_mask(region_mask)
         text_keys = _key_mask(text_mask)
-        joint_keys = ops.concatenate([image_keys, text_keys], axis=1)
+        joint_keys = _key_mask(ops.concatenate(
+            [ops.cast(region_mask, "int32"), ops.cast(text_mask, "int32")],
+            axis=1,
+        ))
         joint = ops.concatenate([image, text], axis=1)
         for layer in self.single_stream_layers:
             joint = layer(joint, padding_mask=joint_keys)
