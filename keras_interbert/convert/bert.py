@@ -60,11 +60,15 @@ def _image_defaults(hidden_dim, num_heads, intermediate_dim, text_layers):
     }
 
 
+_ACTIVATIONS = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True}
+
+
 def _config_from_hf(config):
-    if config.get("hidden_act", "gelu") != "gelu":
+    activation = config.get("hidden_act", "gelu")
+    if activation not in _ACTIVATIONS:
         raise ValueError(
-            "BERT config 'hidden_act': only 'gelu' (erf) is supported, "
-            f"received {config['hidden_act']!r}."
+            f"BERT config 'hidden_act': expected one of {sorted(_ACTIVATIONS)}, "
+            f"received {activation!r}."
         )
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(
@@ -82,6 +86,7 @@ def _config_from_hf(config):
         "max_sequence_length": config.get("max_position_embeddings", 512),
         "num_segments": config.get("type_vocab_size", 2),
         "layer_norm_epsilon": config.get("layer_norm_eps", 1e-12),
+        "approximate_gelu": _ACTIVATIONS[activation],
     }
 
 
@@ -163,6 +168,7 @@ def _build(bert_config, single_stream_layers, image_config, dtype):
         max_sequence_length=bert_config["max_sequence_length"],
         num_segments=bert_config["num_segments"],
         layer_norm_epsilon=bert_config["layer_norm_epsilon"],
+        approximate_gelu=bert_config["approximate_gelu"],
         dtype=dtype,
         **image,
     )
@@ -265,6 +271,8 @@ def _keras_hub_config(bert):
         "max_sequence_length": bert.max_sequence_length,
         "num_segments": bert.num_segments,
         "layer_norm_epsilon": 1e-12,
+        # keras-hub's BERT uses the tanh approximation of GELU.
+        "approximate_gelu": True,
     }
 
 

@@ -79,13 +79,20 @@ class WeightAssigner:
         """Consume a tensor on purpose (e.g. a buffer with no weight)."""
         self.consumed.add(name)
 
-    def assign(self, variable, value, what):
+    def assign(self, variable, value, what, layout=None):
+        """`layout(value)` turns the source layout into the variable's."""
         value = np.asarray(value)
-        if tuple(variable.shape) != tuple(value.shape):
+        source_shape = value.shape
+        if layout is not None:
+            try:
+                value = layout(value)
+            except ValueError:
+                value = None
+        if value is None or tuple(variable.shape) != tuple(value.shape):
             raise ValueError(
-                f"{self.source_label}: '{what}' has shape {value.shape}, but "
-                f"the Keras variable '{variable.path}' expects "
-                f"{tuple(variable.shape)}."
+                f"{self.source_label}: '{what}' has shape {source_shape}, "
+                f"which does not fit the Keras variable '{variable.path}' of "
+                f"shape {tuple(variable.shape)}."
             )
         variable.assign(value.astype(variable.dtype))
         self.assigned.add(id(variable))
@@ -121,13 +128,15 @@ def assign_transformer_layer(assigner, layer, get, label):
         ("key", attention._key_dense),
         ("value", attention._value_dense),
     ):
-        kernel = get(f"{part}.weight").T.reshape(-1, heads, head_dim)
-        assigner.assign(dense.kernel, kernel, f"{label}.{part}.weight")
-        bias = get(f"{part}.bias").reshape(heads, head_dim)
-        assigner.assign(dense.bias, bias, f"{label}.{part}.bias")
+        assigner.assign(dense.kernel, get(f"{part}.weight"),
+                        f"{label}.{part}.weight",
+                        lambda w: w.T.reshape(-1, heads, head_dim))
+        assigner.assign(dense.bias, get(f"{part}.bias"), f"{label}.{part}.bias",
+                        lambda b: b.reshape(heads, head_dim))
     out = attention._output_dense
-    kernel = get("attention_output.weight").T.reshape(heads, head_dim, -1)
-    assigner.assign(out.kernel, kernel, f"{label}.attention_output.weight")
+    assigner.assign(out.kernel, get("attention_output.weight"),
+                    f"{label}.attention_output.weight",
+                    lambda w: w.T.reshape(heads, head_dim, -1))
     assigner.assign(out.bias, get("attention_output.bias"),
                     f"{label}.attention_output.bias")
     for part, norm in (
@@ -140,14 +149,14 @@ def assign_transformer_layer(assigner, layer, get, label):
         ("intermediate", layer._feedforward_intermediate_dense),
         ("output", layer._feedforward_output_dense),
     ):
-        assigner.assign(dense.kernel, get(f"{part}.weight").T,
-                        f"{label}.{part}.weight")
+        assigner.assign(dense.kernel, get(f"{part}.weight"),
+                        f"{label}.{part}.weight", np.transpose)
         assigner.assign(dense.bias, get(f"{part}.bias"), f"{label}.{part}.bias")
 
 
 def assign_dense(assigner, dense, weight, bias, label):
     """A PyTorch `Linear` (`[out, in]` weight) into a Keras `Dense`."""
-    assigner.assign(dense.kernel, weight.T, f"{label}.weight")
+    assigner.assign(dense.kernel, weight, f"{label}.weight", np.transpose)
     assigner.assign(dense.bias, bias, f"{label}.bias")
 
 

@@ -16,6 +16,7 @@ class MaskedRegionHead(keras.layers.Layer):
         num_classes: int. Width of the target class distribution.
         hidden_dim: int. Width of the transform.
         layer_norm_epsilon: float. Epsilon of the transform's LayerNorm.
+        activation: the transform's activation (exact GELU by default).
         kernel_initializer: initializer of both kernels.
 
     Examples:
@@ -26,17 +27,18 @@ class MaskedRegionHead(keras.layers.Layer):
     """
 
     def __init__(self, num_classes, hidden_dim, layer_norm_epsilon=1e-12,
-                 kernel_initializer=None, **kwargs):
+                 kernel_initializer=None, activation="gelu", **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.hidden_dim = hidden_dim
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.activation = keras.activations.get(activation)
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or interbert_kernel_initializer()
         )
         self.transform_dense = keras.layers.Dense(
             hidden_dim,
-            activation="gelu",
+            activation=self.activation,
             kernel_initializer=self.kernel_initializer,
             dtype=self.dtype_policy,
             name="transform_dense",
@@ -75,6 +77,7 @@ class MaskedRegionHead(keras.layers.Layer):
                 "num_classes": self.num_classes,
                 "hidden_dim": self.hidden_dim,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "activation": keras.activations.serialize(self.activation),
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),

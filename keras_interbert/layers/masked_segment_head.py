@@ -18,6 +18,7 @@ class MaskedSegmentHead(keras.layers.Layer):
         token_embedding: the backbone's `ReversibleEmbedding` for words; its
             matrix is the decoder.
         layer_norm_epsilon: float. Epsilon of the transform's LayerNorm.
+        activation: the transform's activation (exact GELU by default).
         kernel_initializer: initializer of the transform's kernel.
 
     Examples:
@@ -29,17 +30,18 @@ class MaskedSegmentHead(keras.layers.Layer):
     """
 
     def __init__(self, token_embedding, layer_norm_epsilon=1e-12,
-                 kernel_initializer=None, **kwargs):
+                 kernel_initializer=None, activation="gelu", **kwargs):
         super().__init__(**kwargs)
         self.token_embedding = token_embedding
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.activation = keras.activations.get(activation)
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or interbert_kernel_initializer()
         )
         hidden_dim = token_embedding.output_dim
         self.transform_dense = keras.layers.Dense(
             hidden_dim,
-            activation="gelu",
+            activation=self.activation,
             kernel_initializer=self.kernel_initializer,
             dtype=self.dtype_policy,
             name="transform_dense",
@@ -82,6 +84,7 @@ class MaskedSegmentHead(keras.layers.Layer):
         config.update(
             {
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "activation": keras.activations.serialize(self.activation),
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),

@@ -7,6 +7,7 @@ from keras_interbert.layers.interbert_transformer_layer import (
 )
 from keras_interbert.models.input_checks import BACKBONE_INPUT_NAMES
 from keras_interbert.models.functional_base import FunctionalBase
+from keras_interbert.utils.activations import hidden_activation
 from keras_interbert.utils.initializers import interbert_kernel_initializer
 
 
@@ -88,6 +89,9 @@ class InterBERTBackbone(FunctionalBase):
         max_sequence_length: int. Number of learned text positions.
         num_segments: int. Number of segment (token type) ids.
         layer_norm_epsilon: float. Epsilon of every LayerNorm.
+        approximate_gelu: bool. Use the tanh approximation of GELU instead of
+            the exact (erf) one; only for weights trained that way (Google
+            BERT, keras-hub BERT). InterBERT uses the exact GELU.
         dtype: dtype policy of the layers.
 
     Examples:
@@ -130,6 +134,7 @@ class InterBERTBackbone(FunctionalBase):
         max_sequence_length=512,
         num_segments=2,
         layer_norm_epsilon=1e-12,
+        approximate_gelu=False,
         dtype=None,
         **kwargs,
     ):
@@ -197,7 +202,7 @@ class InterBERTBackbone(FunctionalBase):
                 num_heads=heads,
                 dropout=hidden_drop,
                 attention_dropout=attn_drop,
-                activation="gelu",
+                activation=hidden_activation(approximate_gelu),
                 layer_norm_epsilon=layer_norm_epsilon,
                 kernel_initializer=init(),
                 dtype=dtype,
@@ -321,6 +326,7 @@ class InterBERTBackbone(FunctionalBase):
         self.max_sequence_length = max_sequence_length
         self.num_segments = num_segments
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.approximate_gelu = approximate_gelu
 
     input_names = BACKBONE_INPUT_NAMES
 
@@ -353,6 +359,7 @@ class InterBERTBackbone(FunctionalBase):
                 "max_sequence_length": self.max_sequence_length,
                 "num_segments": self.num_segments,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "approximate_gelu": self.approximate_gelu,
             }
         )
         return config

@@ -5,6 +5,7 @@ from keras_interbert.layers.masked_region_head import MaskedRegionHead
 from keras_interbert.layers.masked_segment_head import MaskedSegmentHead
 from keras_interbert.models.functional_base import FunctionalBase
 from keras_interbert.models.interbert_backbone import InterBERTBackbone
+from keras_interbert.utils.activations import hidden_activation
 
 
 @keras.saving.register_keras_serializable(package="keras_interbert")
@@ -39,6 +40,7 @@ class InterBERTPretrainer(FunctionalBase):
         self.msm_head = MaskedSegmentHead(
             token_embedding=backbone.token_embedding,
             layer_norm_epsilon=backbone.layer_norm_epsilon,
+            activation=hidden_activation(backbone.approximate_gelu),
             dtype=dtype,
             name="msm_head",
         )
@@ -46,6 +48,7 @@ class InterBERTPretrainer(FunctionalBase):
             num_classes=num_region_classes,
             hidden_dim=backbone.hidden_dim,
             layer_norm_epsilon=backbone.layer_norm_epsilon,
+            activation=hidden_activation(backbone.approximate_gelu),
             dtype=dtype,
             name="mrm_head",
         )

@@ -1,0 +1,393 @@
+"""Masking rules of InterBERT pretraining, as TensorFlow graph ops.
+
+Every function runs inside `tf.data.Dataset.map` (no `tf.py_function`) and
+draws its randomness from `tf.random.stateless_*` ops keyed by a `seed`
+tensor of shape `[2]` (int32 or int64): the same seed always gives the same
+masks, so a pipeline is reproducible (derive one seed per example, e.g. with
+`tf.data.Dataset.random(seed).batch(2)` zipped in, or
+`tf.random.experimental.stateless_split`).
+
+Every function accepts one example (text `[T]`, regions `[N]`) or a batch
+(`[B, T]`, `[B, N]`); in a batch every row draws independently.
+
+Text conventions: the input is a packed, padded sequence `[CLS] w1..wn [SEP]
+0...` (see `InterBERTTextPacker`). The caption word pieces are the positions
+where `text_mask` is 1 and the id is neither `[CLS]` nor `[SEP]`; caption
+coordinate k is the k-th such position (token index k + 1 in the usual
+layout). The outputs are `(masked_token_ids, labels, weights)`: int32 ids with
+the replacements applied, int32 labels holding the original id at every
+prediction target and 0 elsewhere, and float32 weights, 1.0 at targets and
+0.0 elsewhere.
+
+Region conventions: the regions are the real detector regions of an image,
+in slot order, before the global image slot is prepended; `region_mask` is 1
+for a real region and 0 for a padded slot, and padded slots are never masked.
+"""
+import tensorflow as tf
+
+
+def _seeds(seed, count):
+    seed = tf.convert_to_tensor(seed)
+    if seed.shape.rank != 1 or (
+        seed.shape[0] is not None and seed.shape[0] != 2
+    ):
+        raise ValueError(
+            f"`seed` must be an int tensor of shape [2]. Received shape "
+            f"{seed.shape}."
+        )
+    if not seed.dtype.is_integer:
+        raise ValueError(f"`seed` must be integer. Received {seed.dtype}.")
+    return tf.unstack(
+        tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), count)
+    )
+
+
+def _as_batch(tensor, name, rank, dtype):
+    tensor = tf.convert_to_tensor(tensor)
+    if tensor.shape.rank not in (rank, rank + 1):
+        raise ValueError(
+            f"`{name}` must have rank {rank} (one example) or {rank + 1} (a "
+            f"batch). Received shape {tensor.shape}."
+        )
+    unbatched = tensor.shape.rank == rank
+    tensor = tf.cast(tensor, dtype)
+    return (tensor[tf.newaxis] if unbatched else tensor), unbatched
+
+
+def _caption_positions(token_ids, text_mask, special_ids):
+    is_caption = tf.cast(text_mask, tf.bool)
+    for special_id in special_ids:
+        if special_id is not None:
+            is_caption &= token_ids != special_id
+    return is_caption
+
+
+def _replace_targets(token_ids, targets, seed, vocabulary_size, mask_id,
+                     mask_probability, random_probability):
+    """BERT's 80/10/10: [MASK], a uniformly random id, or unchanged."""
+    choice_seed, random_id_seed = _seeds(seed, 2)
+    shape = tf.shape(token_ids)
+    u = tf.random.stateless_uniform(shape, choice_seed, dtype=tf.float64)
+    random_ids = tf.random.stateless_uniform(
+        shape, random_id_seed, minval=0, maxval=vocabulary_size,
+        dtype=tf.int32,
+    )
+    replacement = tf.where(
+        u < mask_probability,
+        tf.fill(shape, tf.constant(mask_id, tf.int32)),
+        tf.where(u < mask_probability + random_probability, random_ids,
+                 token_ids),
+    )
+    masked = tf.where(targets, replacement, token_ids)
+    labels = tf.where(targets, token_ids, tf.zeros_like(token_ids))
+    weights = tf.cast(targets, tf.float32)
+    return masked, labels, weights
+
+
+def _check_text(vocabulary_size, mask_probability, random_probability):
+    if int(vocabulary_size) < 1:
+        raise ValueError(
+            f"`vocabulary_size` must be positive. Received {vocabulary_size}."
+        )
+    if not (0 <= mask_probability and 0 <= random_probability
+            and mask_probability + random_probability <= 1):
+        raise ValueError(
+            "`mask_probability` and `random_probability` must be >= 0 with a "
+            f"sum <= 1. Received {mask_probability} and {random_probability}."
+        )
+
+
+def mask_segment_span(
+    token_ids,
+    text_mask,
+    seed,
+    vocabulary_size,
+    mask_id,
+    cls_id=101,
+    sep_id=102,
+    gate_ratio=0.3,
+    mask_probability=0.8,
+    random_probability=0.1,
+):
+    """Masked segment modelling: one random span of the caption (spec §3.2).
+
+    With n caption word pieces: if `floor(gate_ratio * n) == 0` (n <= 3 for
+    0.3) nothing is masked. Otherwise a start `s ~ UniformInt[0, n]`
+    (inclusive, so `s = n` masks nothing) and a length `l ~ UniformInt[1, n]`
+    are drawn, and caption positions `s .. min(s + l - 1, n - 1)` become the
+    prediction targets (token index `s + 1 ..` after `[CLS]`). Each target is
+    replaced by `[MASK]` with `mask_probability`, by an id drawn uniformly
+    from `[0, vocabulary_size)` with `random_probability`, and kept
+    otherwise. On average ~35% of a 34-piece caption is a target, and ~3% of
+    such captions get no target at all.
+
+    Args:
+        token_ids: int `[T]` or `[B, T]`, packed and padded.
+        text_mask: int `[T]` or `[B, T]`, 1 on real tokens.
+        seed: int tensor `[2]`.
+        vocabulary_size: int. Random replacements are drawn from
+            `[0, vocabulary_size)`.
+        mask_id: int. Id of `[MASK]`.
+        cls_id, sep_id: ints (or None). Ids that are never caption pieces.
+        gate_ratio: float. The `0.3` in `floor(0.3 * n)`.
+        mask_probability, random_probability: floats, 0.8 and 0.1.
+
+    Returns:
+        `(masked_token_ids, labels, weights)`: int32, int32, float32, each
+        shaped as `token_ids`.
+
+    Examples:
+    ```python
+    ids = tf.constant([101, 1037, 2158, 12271, 1037, 3586, 1012, 102, 0, 0])
+    mask = tf.cast(ids != 0, tf.int32)
+    masked, labels, weights = mask_segment_span(
+        ids, mask, seed=tf.constant([1, 2]), vocabulary_size=30522,
+        mask_id=103)
+    ```
+    """
+    _check_text(vocabulary_size, mask_probability, random_probability)
+    token_ids, unbatched = _as_batch(token_ids, "token_ids", 1, tf.int32)
+    text_mask, _ = _as_batch(text_mask, "text_mask", 1, tf.int32)
+    start_seed, length_seed, replace_seed = _seeds(seed, 3)
+    is_caption = _caption_positions(token_ids, text_mask, (cls_id, sep_id))
+    # k-th caption piece of the row -> k (0-based); -1 elsewhere.
+    caption_index = tf.cumsum(tf.cast(is_caption, tf.int32), axis=1) - 1
+    n = tf.reduce_sum(tf.cast(is_caption, tf.int32), axis=1)
+    batch = tf.shape(token_ids)[:1]
+    n_float = tf.cast(n, tf.float64)
+    # floor(u * m) with u ~ U[0, 1) in float64 is UniformInt[0, m - 1].
+    start = tf.cast(
+        tf.floor(tf.random.stateless_uniform(batch, start_seed, dtype=tf.float64)
+                 * (n_float + 1)),
+        tf.int32,
+    )
+    length = 1 + tf.cast(
+        tf.floor(tf.random.stateless_uniform(batch, length_seed,
+                                             dtype=tf.float64) * n_float),
+        tf.int32,
+    )
+    gate = tf.floor(gate_ratio * n_float) > 0
+    start = tf.minimum(start, n)[:, tf.newaxis]
+    end = (start + length[:, tf.newaxis])
+    targets = (
+        is_caption
+        & gate[:, tf.newaxis]
+        & (caption_index >= start)
+        & (caption_index < end)
+    )
+    outputs = _replace_targets(
+        token_ids, targets, replace_seed, vocabulary_size, mask_id,
+        mask_probability, random_probability,
+    )
+    if unbatched:
+        outputs = tuple(x[0] for x in outputs)
+    return outputs
+
+
+def mask_tokens_bert(
+    token_ids,
+    text_mask,
+    seed,
+    vocabulary_size,
+    mask_id,
+    cls_id=101,
+    sep_id=102,
+    probability=0.15,
+    mask_probability=0.8,
+    random_probability=0.1,
+):
+    """BERT token masking, the fallback without `--span_mask` (spec §3.2).
+
+    Each caption word piece independently becomes a prediction target with
+    `probability`, then is replaced 80/10/10 as in `mask_segment_span`.
+    Arguments and outputs are those of `mask_segment_span`.
+
+    Examples:
+    ```python
+    ids = tf.constant([[101, 1037, 2158, 102, 0]])
+    masked, labels, weights = mask_tokens_bert(
+        ids, tf.cast(ids != 0, tf.int32), tf.constant([0, 7]), 30522, 103)
+    ```
+    """
+    _check_text(vocabulary_size, mask_probability, random_probability)
+    if not 0 <= probability <= 1:
+        raise ValueError(
+            f"`probability` must be in [0, 1]. Received {probability}.")
+    token_ids, unbatched = _as_batch(token_ids, "token_ids", 1, tf.int32)
+    text_mask, _ = _as_batch(text_mask, "text_mask", 1, tf.int32)
+    target_seed, replace_seed = _seeds(seed, 2)
+    is_caption = _caption_positions(token_ids, text_mask, (cls_id, sep_id))
+    u = tf.random.stateless_uniform(
+        tf.shape(token_ids), target_seed, dtype=tf.float64
+    )
+    targets = is_caption & (u < probability)
+    outputs = _replace_targets(
+        token_ids, targets, replace_seed, vocabulary_size, mask_id,
+        mask_probability, random_probability,
+    )
+    if unbatched:
+        outputs = tuple(x[0] for x in outputs)
+    return outputs
+
+
+def region_iou(boxes_normalized, image_h, image_w):
+    """Pairwise IoU of boxes with the one-pixel inclusive offset (spec §3.3).
+
+    Boxes are `(x1, y1, x2, y2)` divided by the image width/height; widths
+    and heights get `+1/W` and `+1/H` (a pixel box `[x1, x2]` covers
+    `x2 - x1 + 1` pixels), so this equals the classic pixel-space IoU with
+    `+1`. Computed in float64.
+
+    Args:
+        boxes_normalized: float `[N, 4]` or `[B, N, 4]`.
+        image_h, image_w: image size in pixels, scalars or `[B]`.
+
+    Returns:
+        float64 `[N, N]` or `[B, N, N]`.
+    """
+    boxes, unbatched = _as_batch(boxes_normalized, "boxes_normalized", 2,
+                                 tf.float64)
+    if boxes.shape[-1] is not None and boxes.shape[-1] != 4:
+        raise ValueError(
+            "`boxes_normalized` must end in 4 coordinates (x1, y1, x2, y2). "
+            f"Received shape {boxes.shape}."
+        )
+    pixel_w = 1.0 / tf.reshape(tf.cast(image_w, tf.float64), [-1, 1, 1])
+    pixel_h = 1.0 / tf.reshape(tf.cast(image_h, tf.float64), [-1, 1, 1])
+    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
+    area = (x2 - x1 + pixel_w[:, 0]) * (y2 - y1 + pixel_h[:, 0])  # [B, N]
+    inter_w = (tf.minimum(x2[:, :, None], x2[:, None, :])
+               - tf.maximum(x1[:, :, None], x1[:, None, :]) + pixel_w)
+    inter_h = (tf.minimum(y2[:, :, None], y2[:, None, :])
+               - tf.maximum(y1[:, :, None], y1[:, None, :]) + pixel_h)
+    inter = tf.maximum(inter_w, 0.0) * tf.maximum(inter_h, 0.0)
+    union = area[:, :, None] + area[:, None, :] - inter
+    iou = tf.math.divide_no_nan(inter, union)
+    return iou[0] if unbatched else iou
+
+
+def expand_region_groups(boxes_normalized, region_mask, seed_regions,
+                         image_h, image_w, iou_threshold=0.4):
+    """The deterministic half of group masking: seeds -> masked regions.
+
+    Every real region j with `IoU(i, j) >= iou_threshold` for some real seed
+    region i (`seed_regions[i] == 1`) is masked; a seed region always masks
+    itself. Padded slots neither seed nor get masked.
+
+    Returns:
+        float32 `[N]` or `[B, N]`, 1.0 where a real region is masked.
+    """
+    region_mask, unbatched = _as_batch(region_mask, "region_mask", 1, tf.bool)
+    seed_regions, _ = _as_batch(seed_regions, "seed_regions", 1, tf.bool)
+    iou = region_iou(boxes_normalized, image_h, image_w)
+    if unbatched:
+        iou = iou[tf.newaxis]
+    num = tf.shape(iou)[-1]
+    overlaps = (iou >= iou_threshold) | tf.eye(num, dtype=tf.bool)[None]
+    seeds = seed_regions & region_mask
+    # masked[j] = any_i seeds[i] & overlaps[i, j]
+    hit = tf.reduce_any(seeds[:, :, None] & overlaps, axis=1)
+    masked = tf.cast(hit & region_mask, tf.float32)
+    return masked[0] if unbatched else masked
+
+
+def mask_region_groups(boxes_normalized, region_mask, seed, image_h, image_w,
+                       probability=0.1, iou_threshold=0.4):
+    """Masked region modelling by overlapping groups (spec §3.3).
+
+    Each real region is drawn as a seed with `probability`; every real region
+    whose IoU with a seed is `>= iou_threshold` (see `region_iou`; the seed
+    itself included) has its features zeroed and becomes an MRM target.
+    Location vectors are untouched and there is no 80/10/10 scheme. Padded
+    slots are never seeds and never masked.
+
+    Args:
+        boxes_normalized: float `[N, 4]` or `[B, N, 4]`, `(x1/W, y1/H, x2/W,
+            y2/H)` of the real regions (no global slot).
+        region_mask: int/bool `[N]` or `[B, N]`, 1 for a real region.
+        seed: int tensor `[2]`.
+        image_h, image_w: image size in pixels, scalars or `[B]`.
+        probability: float. Chance that a real region seeds a group.
+        iou_threshold: float. Grouping threshold (inclusive).
+
+    Returns:
+        `region_masked`: float32 `[N]` or `[B, N]`, 1.0 for a real region
+        whose features are zeroed (= an MRM target), 0.0 elsewhere (always
+        0.0 on padded slots). Apply it with `apply_region_masking`.
+
+    Examples:
+    ```python
+    boxes = tf.constant([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.45],
+                         [0.6, 0.6, 1.0, 1.0]])
+    masked = mask_region_groups(boxes, tf.constant([1, 1, 1]),
+                                tf.constant([3, 4]), image_h=480, image_w=640)
+    features = apply_region_masking(tf.ones([3, 2048]), masked)
+    ```
+    """
+    if not 0 <= probability <= 1:
+        raise ValueError(
+            f"`probability` must be in [0, 1]. Received {probability}.")
+    mask, _ = _as_batch(region_mask, "region_mask", 1, tf.bool)
+    (choice_seed,) = _seeds(seed, 1)
+    u = tf.random.stateless_uniform(tf.shape(mask), choice_seed,
+                                    dtype=tf.float64)
+    seed_regions = (u < probability) & mask
+    if tf.convert_to_tensor(region_mask).shape.rank == 1:
+        seed_regions = seed_regions[0]
+    return expand_region_groups(boxes_normalized, region_mask, seed_regions,
+                                image_h, image_w, iou_threshold)
+
+
+def mask_regions_random(region_mask, seed, probability=0.15,
+                        zero_probability=0.9):
+    """Per-region MRM masking, the fallback without `--span_mask` (§3.3).
+
+    Each real region is a target with `probability`; a target's features are
+    zeroed with `zero_probability` and kept otherwise. Padded slots are never
+    targets.
+
+    Args:
+        region_mask: int/bool `[N]` or `[B, N]`, 1 for a real region.
+        seed: int tensor `[2]`.
+        probability: float, 0.15.
+        zero_probability: float, 0.9.
+
+    Returns:
+        `(region_targets, region_masked)`, float32 each shaped as
+        `region_mask`: 1.0 for an MRM target, and 1.0 where the features are
+        to be zeroed (a subset of the targets).
+    """
+    for name, value in (("probability", probability),
+                        ("zero_probability", zero_probability)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"`{name}` must be in [0, 1]. Received {value}.")
+    mask, unbatched = _as_batch(region_mask, "region_mask", 1, tf.bool)
+    target_seed, zero_seed = _seeds(seed, 2)
+    shape = tf.shape(mask)
+    targets = mask & (
+        tf.random.stateless_uniform(shape, target_seed, dtype=tf.float64)
+        < probability
+    )
+    zeroed = targets & (
+        tf.random.stateless_uniform(shape, zero_seed, dtype=tf.float64)
+        < zero_probability
+    )
+    outputs = (tf.cast(targets, tf.float32), tf.cast(zeroed, tf.float32))
+    if unbatched:
+        outputs = tuple(x[0] for x in outputs)
+    return outputs
+
+
+def apply_region_masking(features, region_masked):
+    """Zeroes the feature vectors of masked regions.
+
+    Args:
+        features: float `[N, D]` or `[B, N, D]`.
+        region_masked: `[N]` or `[B, N]`, 1 where the region is masked.
+
+    Returns:
+        `features` with masked rows set to 0, same dtype.
+    """
+    features = tf.convert_to_tensor(features)
+    keep = 1 - tf.cast(region_masked, features.dtype)
+    return features * keep[..., tf.newaxis]

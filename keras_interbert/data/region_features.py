@@ -1,0 +1,1250 @@
+"""Region features on disk: the canonical TFRecord format, its writer and reader.
+
+One `tf.train.Example` per image, in shards named `{split}-{index:05d}.tfrecord`
+with a `manifest.json` per directory; captions in JSON Lines. The reader turns
+a record into the backbone's region inputs (`to_backbone_regions`) with graph
+ops, so it runs inside `tf.data.Dataset.map`. See `docs/data.md`.
+
+This module is part of the data pipeline and uses TensorFlow directly; the
+model itself only sees the arrays it produces.
+"""
+
+import glob
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_interbert.data.errors import ErrorReport
+from keras_interbert.data.errors import PolicyHandler
+from keras_interbert.data.errors import RegionDataError
+from keras_interbert.data.errors import check_policy
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_NAME = "keras_interbert.region_features"
+FORMAT_VERSION = 1
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def shard_name(split, index):
+    """The file name of shard `index` of `split`: `{split}-{index:05d}.tfrecord`."""
+    return f"{split}-{index:05d}.tfrecord"
+
+
+def _record_name(image_id, record):
+    if record is not None:
+        return record
+    return f"image {image_id!r}" if image_id is not None else None
+
+
+def _as_image_id(image_id, path, record):
+    if isinstance(image_id, bytes):
+        try:
+            image_id = image_id.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RegionDataError(
+                f"image_id {image_id!r} is not UTF-8.", path, record,
+                kind="bad_image_id",
+            ) from None
+    elif isinstance(image_id, (int, np.integer)) and not isinstance(
+        image_id, bool
+    ):
+        image_id = str(int(image_id))
+    if not isinstance(image_id, str) or not image_id.strip():
+        raise RegionDataError(
+            f"image_id must be a non-empty string; received {image_id!r}.",
+            path, record, kind="bad_image_id",
+        )
+    return image_id
+
+
+def _as_size(value, name, path, record):
+    if isinstance(value, (bytes, str)):
+        try:
+            value = float(value)
+        except ValueError:
+            raise RegionDataError(
+                f"{name} must be a number; received {value!r}.", path, record,
+                kind="bad_image_size",
+            ) from None
+    try:
+        number = float(np.asarray(value).reshape(()))
+    except (TypeError, ValueError):
+        raise RegionDataError(
+            f"{name} must be a scalar number; received {value!r}.", path,
+            record, kind="bad_image_size",
+        ) from None
+    if not np.isfinite(number) or number <= 0 or number != int(number):
+        raise RegionDataError(
+            f"{name} must be a positive whole number of pixels; received "
+            f"{value!r}.", path, record, kind="bad_image_size",
+        )
+    return int(number)
+
+
+def _as_matrix(value, name, path, record):
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise RegionDataError(
+            f"{name} is not a numeric array ({e}).", path, record,
+            kind="shape_mismatch",
+        ) from None
+    return array
+
+
+def _first_bad_row(mask):
+    rows = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    return int(rows[0]), len(rows)
+
+
+def validate_region_record(
+    image_id,
+    image_h,
+    image_w,
+    boxes,
+    features,
+    class_probs=None,
+    *,
+    feature_dim=None,
+    num_classes=None,
+    expect_class_probs=None,
+    box_tolerance=0.0,
+    path=None,
+    record=None,
+):
+    """Check one image's regions and return them in their stored dtypes.
+
+    Raises a `RegionDataError` naming `path`, `record` (or the image id) and
+    the problem for: an empty image id, a non-positive image size, zero
+    regions, shapes that do not match (`boxes` [N,4], `features` [N,D],
+    `class_probs` [N,C]), a feature width other than `feature_dim`, NaN or
+    infinite values (also values beyond the float16 range, which would turn
+    into infinities on storage), boxes with `x2 < x1` or `y2 < y1`, boxes
+    outside `[0, W] x [0, H]` by more than `box_tolerance` pixels, and
+    negative class probabilities.
+
+    Args:
+        expect_class_probs: `True`/`False` to require/forbid `class_probs`;
+            `None` accepts either.
+
+    Returns:
+        `(image_id str, image_h int, image_w int, boxes float32 [N,4],
+        features float16 [N,D], class_probs float16 [N,C] or None)`.
+    """
+    record = _record_name(
+        image_id if isinstance(image_id, str) else None, record
+    )
+    image_id = _as_image_id(image_id, path, record)
+    record = _record_name(image_id, record)
+    image_h = _as_size(image_h, "image_h", path, record)
+    image_w = _as_size(image_w, "image_w", path, record)
+
+    boxes = _as_matrix(boxes, "boxes", path, record)
+    if boxes.size == 0:
+        raise RegionDataError(
+            "the image has zero regions (boxes is empty); every image needs "
+            "at least one region.", path, record, kind="no_regions",
+        )
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise RegionDataError(
+            f"boxes must have shape [N, 4]; received {boxes.shape}.", path,
+            record, kind="shape_mismatch",
+        )
+    num_boxes = boxes.shape[0]
+    if not np.all(np.isfinite(boxes)):
+        row, count = _first_bad_row(~np.isfinite(boxes))
+        raise RegionDataError(
+            f"boxes contain NaN or infinite values ({count} boxes, first at "
+            f"row {row}: {boxes[row].tolist()}).", path, record,
+            kind="non_finite",
+        )
+    x1, y1, x2, y2 = boxes.T
+    reversed_rows = (x2 < x1) | (y2 < y1)
+    if reversed_rows.any():
+        row, count = _first_bad_row(reversed_rows)
+        raise RegionDataError(
+            f"boxes must be x1,y1,x2,y2 with x2 >= x1 and y2 >= y1; {count} "
+            f"boxes are not, first at row {row}: {boxes[row].tolist()}.",
+            path, record, kind="box_order",
+        )
+    tol = float(box_tolerance)
+    outside = (
+        (x1 < -tol) | (y1 < -tol) | (x2 > image_w + tol) | (y2 > image_h + tol)
+    )
+    if outside.any():
+        row, count = _first_bad_row(outside)
+        raise RegionDataError(
+            f"{count} boxes lie outside the {image_w}x{image_h} (W x H) "
+            f"image, first at row {row}: {boxes[row].tolist()}.", path, record,
+            kind="box_outside_image",
+        )
+
+    features = _as_matrix(features, "features", path, record)
+    if features.ndim != 2 or features.shape[0] != num_boxes:
+        raise RegionDataError(
+            f"features must have shape [num_boxes={num_boxes}, D]; received "
+            f"{features.shape}.", path, record, kind="shape_mismatch",
+        )
+    if feature_dim is not None and features.shape[1] != feature_dim:
+        raise RegionDataError(
+            f"feature width {features.shape[1]} differs from the expected "
+            f"feature_dim {feature_dim}.", path, record, kind="feature_dim",
+        )
+    if features.shape[1] == 0:
+        raise RegionDataError(
+            "features have width 0.", path, record, kind="feature_dim",
+        )
+    if not np.all(np.isfinite(features)):
+        row, count = _first_bad_row(~np.isfinite(features))
+        raise RegionDataError(
+            f"features contain NaN or infinite values ({count} regions, first "
+            f"at row {row}).", path, record, kind="non_finite",
+        )
+    if np.abs(features).max() > FLOAT16_MAX:
+        raise RegionDataError(
+            f"features exceed the float16 range (max |x| = "
+            f"{np.abs(features).max():.6g} > {FLOAT16_MAX}); they would be "
+            "stored as infinities.", path, record, kind="non_finite",
+        )
+
+    if class_probs is None:
+        if expect_class_probs:
+            raise RegionDataError(
+                f"class_probs are missing; this data set stores class_probs "
+                f"with {num_classes} classes for every image.", path, record,
+                kind="class_probs_mismatch",
+            )
+        stored_probs = None
+    else:
+        if expect_class_probs is False:
+            raise RegionDataError(
+                "class_probs were given, but this data set stores none (the "
+                "first image had none); pass num_classes to the writer to "
+                "store them.", path, record, kind="class_probs_mismatch",
+            )
+        probs = _as_matrix(class_probs, "class_probs", path, record)
+        if probs.ndim != 2 or probs.shape[0] != num_boxes:
+            raise RegionDataError(
+                f"class_probs must have shape [num_boxes={num_boxes}, C]; "
+                f"received {probs.shape}.", path, record,
+                kind="shape_mismatch",
+            )
+        if num_classes is not None and probs.shape[1] != num_classes:
+            raise RegionDataError(
+                f"class_probs width {probs.shape[1]} differs from the expected "
+                f"num_classes {num_classes}.", path, record,
+                kind="num_classes",
+            )
+        if not np.all(np.isfinite(probs)):
+            row, count = _first_bad_row(~np.isfinite(probs))
+            raise RegionDataError(
+                f"class_probs contain NaN or infinite values ({count} regions, "
+                f"first at row {row}).", path, record, kind="non_finite",
+            )
+        if (probs < 0).any():
+            row, count = _first_bad_row(probs < 0)
+            raise RegionDataError(
+                f"class_probs must be >= 0; {count} regions have negative "
+                f"entries, first at row {row}.", path, record,
+                kind="bad_class_probs",
+            )
+        if probs.max() > FLOAT16_MAX:
+            raise RegionDataError(
+                "class_probs exceed the float16 range.", path, record,
+                kind="bad_class_probs",
+            )
+        stored_probs = probs.astype(np.float16)
+    return (
+        image_id,
+        image_h,
+        image_w,
+        boxes.astype(np.float32),
+        features.astype(np.float16),
+        stored_probs,
+    )
+
+
+def _bytes_feature(values):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+
+def _int_feature(values):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+
+def _float_feature(values):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+
+def serialize_region_example(image_id, image_h, image_w, boxes, features,
+                             class_probs=None):
+    """Serialize already-validated arrays (see `validate_region_record`)."""
+    feature = {
+        "image_id": _bytes_feature([image_id.encode("utf-8")]),
+        "image_h": _int_feature([int(image_h)]),
+        "image_w": _int_feature([int(image_w)]),
+        "num_boxes": _int_feature([int(boxes.shape[0])]),
+        "boxes": _float_feature(boxes.reshape(-1).tolist()),
+        "features": _bytes_feature([features.astype("<f2").tobytes()]),
+    }
+    if class_probs is not None:
+        feature["class_probs"] = _bytes_feature(
+            [class_probs.astype("<f2").tobytes()]
+        )
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString()
+
+
+def read_manifest(directory):
+    """The manifest of a canonical directory, or `None` if it has none."""
+    path = os.path.join(directory, MANIFEST_NAME)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise RegionDataError(
+            f"cannot read the manifest ({e}).", path, kind="bad_manifest"
+        ) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise RegionDataError(
+            f"not a region-feature manifest (expected format {FORMAT_NAME!r}).",
+            path, kind="bad_manifest",
+        )
+    return manifest
+
+
+def _write_json_atomic(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+class RegionFeatureWriter:
+    """Writes images' region features into the canonical sharded TFRecords.
+
+    One `tf.train.Example` per image goes into `{directory}/{split}-NNNNN.tfrecord`
+    (`examples_per_shard` images per shard); `close()` writes or updates
+    `{directory}/manifest.json` with the feature width, the class count and
+    the shard list. Every record is validated first (see
+    `validate_region_record`), so nothing invalid enters the files: a bad
+    record raises a `RegionDataError`, or under `policy="skip"` is left out
+    and listed in `report`. Shards are written under a `.tmp` name and get
+    their final names in `close()`; leaving the `with` block by an exception
+    (or calling `abort()`) deletes this run's files and leaves the manifest
+    and any earlier shards untouched.
+
+    Args:
+        directory: output folder (created if missing).
+        split: split name used in the file names and the manifest.
+        examples_per_shard: images per shard file.
+        feature_dim: expected feature width D; `None` takes it from the
+            manifest already in `directory`, else from the first image.
+        num_classes: class-probability width C; `None` takes it from the
+            manifest, else from the first image (no `class_probs` there means
+            the data set stores none). Either all images have `class_probs`
+            or none.
+        policy: `"raise"` or `"skip"` (see above).
+        report: an `ErrorReport` that collects skipped records.
+        overwrite: replace this split's shards if they already exist;
+            otherwise existing shards for `split` raise `FileExistsError`.
+        box_tolerance: how many pixels a box may stick out of the image.
+
+    Examples:
+
+    >>> import tempfile, numpy as np
+    >>> out = tempfile.mkdtemp()
+    >>> with RegionFeatureWriter(out, split="val") as writer:
+    ...     _ = writer.write("img1", 480, 640,
+    ...                      boxes=np.array([[0, 0, 10, 20]], "float32"),
+    ...                      features=np.ones((1, 8), "float32"))
+    >>> [os.path.basename(p) for p in writer.close()]
+    ['val-00000.tfrecord']
+    """
+
+    def __init__(
+        self,
+        directory,
+        split="train",
+        examples_per_shard=1000,
+        feature_dim=None,
+        num_classes=None,
+        policy="raise",
+        report=None,
+        overwrite=False,
+        box_tolerance=0.0,
+    ):
+        if not split or not isinstance(split, str) or os.sep in split:
+            raise ValueError(
+                f"split must be a non-empty name without '{os.sep}'; "
+                f"received {split!r}."
+            )
+        if int(examples_per_shard) < 1:
+            raise ValueError(
+                "examples_per_shard must be >= 1; received "
+                f"{examples_per_shard!r}."
+            )
+        self.directory = str(directory)
+        self.split = split
+        self.examples_per_shard = int(examples_per_shard)
+        self.box_tolerance = float(box_tolerance)
+        self._handler = PolicyHandler(policy, report, what="images")
+        self.report = self._handler.report
+        os.makedirs(self.directory, exist_ok=True)
+
+        self._manifest = read_manifest(self.directory)
+        manifest_path = os.path.join(self.directory, MANIFEST_NAME)
+        fixed = self._manifest is not None and self._manifest.get(
+            "feature_dim") is not None
+        if fixed:
+            m_dim = self._manifest["feature_dim"]
+            m_classes = self._manifest.get("num_classes")
+            if feature_dim is not None and feature_dim != m_dim:
+                raise RegionDataError(
+                    f"feature_dim {feature_dim} differs from the manifest's "
+                    f"feature_dim {m_dim}.", manifest_path, kind="feature_dim",
+                )
+            if num_classes is not None and num_classes != m_classes:
+                raise RegionDataError(
+                    f"num_classes {num_classes} differs from the manifest's "
+                    f"num_classes {m_classes}.", manifest_path,
+                    kind="num_classes",
+                )
+            feature_dim, num_classes = m_dim, m_classes
+            self._expect_probs = m_classes is not None
+        else:
+            self._expect_probs = True if num_classes is not None else None
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+
+        existing = sorted(glob.glob(
+            os.path.join(glob.escape(self.directory), f"{split}-*.tfrecord")
+        ))
+        listed = (self._manifest or {}).get("splits", {}).get(split)
+        if (existing or listed) and not overwrite:
+            raise FileExistsError(
+                f"{self.directory} already holds split {split!r} "
+                f"({len(existing)} shard files); pass overwrite=True to "
+                "replace it."
+            )
+        self._stale = existing
+
+        self._shards = []  # finished: dicts with path/num_examples/num_boxes
+        self._writer = None
+        self._tmp_path = None
+        self._shard_examples = 0
+        self._shard_boxes = 0
+        self._ids = set()
+        self._closed = False
+        self.num_written = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+    def write(self, image_id, image_h, image_w, boxes, features,
+              class_probs=None, source=None):
+        """Validate and append one image; returns `False` if it was skipped.
+
+        Args:
+            image_id: unique (per split) id, a string (ints are turned into
+                their decimal string).
+            image_h, image_w: image size in pixels.
+            boxes: float `[N, 4]`, pixel `x1, y1, x2, y2`.
+            features: `[N, D]`; stored as float16.
+            class_probs: optional `[N, C]` float, stored as float16.
+            source: `(path, record)` of the input this image comes from, used
+                in error messages.
+        """
+        if self._closed:
+            raise RuntimeError("write() on a closed RegionFeatureWriter.")
+        path, record = source if source is not None else (None, None)
+        try:
+            values = validate_region_record(
+                image_id, image_h, image_w, boxes, features, class_probs,
+                feature_dim=self.feature_dim,
+                num_classes=self.num_classes,
+                expect_class_probs=self._expect_probs,
+                box_tolerance=self.box_tolerance,
+                path=path, record=record,
+            )
+            if values[0] in self._ids:
+                raise RegionDataError(
+                    f"image_id {values[0]!r} was already written to split "
+                    f"{self.split!r}.", path, _record_name(values[0], record),
+                    kind="duplicate_image_id",
+                )
+        except RegionDataError as e:
+            self._handler.handle(e)
+            return False
+        image_id, image_h, image_w, boxes, features, probs = values
+        if self.feature_dim is None:
+            self.feature_dim = int(features.shape[1])
+        if self._expect_probs is None:
+            self._expect_probs = probs is not None
+            self.num_classes = None if probs is None else int(probs.shape[1])
+        self._ids.add(image_id)
+        if self._writer is None:
+            self._open_shard()
+        self._writer.write(serialize_region_example(
+            image_id, image_h, image_w, boxes, features, probs
+        ))
+        self._shard_examples += 1
+        self._shard_boxes += int(boxes.shape[0])
+        self.num_written += 1
+        if self._shard_examples >= self.examples_per_shard:
+            self._finish_shard()
+        return True
+
+    def _open_shard(self):
+        name = shard_name(self.split, len(self._shards))
+        self._tmp_path = os.path.join(self.directory, name + ".tmp")
+        self._writer = tf.io.TFRecordWriter(self._tmp_path)
+        self._shard_examples = 0
+        self._shard_boxes = 0
+
+    def _finish_shard(self):
+        # Shards keep their .tmp name until close(), so that an aborted run
+        # (or one that overwrites a split) never leaves a mix of old and new.
+        self._writer.close()
+        self._writer = None
+        self._shards.append({
+            "path": os.path.basename(self._tmp_path)[: -len(".tmp")],
+            "num_examples": self._shard_examples,
+            "num_boxes": self._shard_boxes,
+        })
+        self._tmp_path = None
+
+    def _remove_stale(self):
+        keep = {s["path"] for s in self._shards}
+        for path in self._stale:
+            if os.path.basename(path) not in keep and os.path.exists(path):
+                os.remove(path)
+
+    def close(self):
+        """Finish the last shard, write the manifest; returns the shard paths."""
+        if self._closed:
+            return [os.path.join(self.directory, s["path"])
+                    for s in self._shards]
+        if self._writer is not None:
+            self._finish_shard()
+        for shard in self._shards:
+            final = os.path.join(self.directory, shard["path"])
+            os.replace(final + ".tmp", final)
+        self._remove_stale()
+        manifest = read_manifest(self.directory) or {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "splits": {},
+        }
+        manifest.update({
+            "feature_dim": self.feature_dim,
+            "feature_dtype": "float16",
+            "num_classes": self.num_classes,
+            "class_probs_dtype": "float16",
+            "box_format": "x1,y1,x2,y2 in pixels (float32)",
+        })
+        manifest["splits"][self.split] = {
+            "shards": self._shards,
+            "num_examples": sum(s["num_examples"] for s in self._shards),
+            "num_boxes": sum(s["num_boxes"] for s in self._shards),
+            "num_skipped": self.report.num_skipped,
+        }
+        _write_json_atomic(
+            os.path.join(self.directory, MANIFEST_NAME), manifest
+        )
+        self._closed = True
+        self._handler.finish()
+        return [os.path.join(self.directory, s["path"]) for s in self._shards]
+
+    def abort(self):
+        """Delete what this writer wrote; the manifest is left as it was."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._tmp_path and os.path.exists(self._tmp_path):
+            os.remove(self._tmp_path)
+        for shard in self._shards:
+            path = os.path.join(self.directory, shard["path"] + ".tmp")
+            if os.path.exists(path):
+                os.remove(path)
+        self._shards = []
+        self._closed = True
+
+
+# ---------------------------------------------------------------- captions --
+
+def _validate_caption(obj, path, record):
+    if not isinstance(obj, dict):
+        raise RegionDataError(
+            f"a caption record must be a JSON object; received "
+            f"{type(obj).__name__}.", path, record, kind="bad_caption",
+        )
+    missing = [k for k in ("image_id", "caption") if k not in obj]
+    if missing:
+        raise RegionDataError(
+            f"caption record lacks {missing} (has {sorted(obj)}).", path,
+            record, kind="bad_caption",
+        )
+    image_id = obj["image_id"]
+    if isinstance(image_id, bool) or not isinstance(image_id, (str, int)):
+        raise RegionDataError(
+            f"image_id must be a string or an integer; received "
+            f"{image_id!r}.", path, record, kind="bad_image_id",
+        )
+    image_id = str(image_id)
+    if not image_id.strip():
+        raise RegionDataError(
+            "image_id is empty.", path, record, kind="bad_image_id"
+        )
+    caption = obj["caption"]
+    if not isinstance(caption, str):
+        raise RegionDataError(
+            f"caption must be a string; received {caption!r}.", path, record,
+            kind="bad_caption",
+        )
+    if not caption.strip():
+        raise RegionDataError(
+            f"empty caption for image {image_id!r}.", path, record,
+            kind="empty_caption",
+        )
+    out = dict(obj)
+    out["image_id"] = image_id
+    if "split" in out and not (isinstance(out["split"], str) and out["split"]):
+        raise RegionDataError(
+            f"split must be a non-empty string; received {out['split']!r}.",
+            path, record, kind="bad_caption",
+        )
+    return out
+
+
+def write_captions(path, records, policy="raise", report=None):
+    """Write caption records as JSON Lines (UTF-8, one object per line).
+
+    Each record is a dict with `image_id` (string; an int is written as its
+    decimal string), a non-empty `caption` and optionally `split`; other keys
+    are kept. Invalid records raise a `RegionDataError`, or are left out and
+    reported under `policy="skip"`.
+
+    Returns:
+        The number of records written.
+
+    Examples:
+
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "captions.jsonl")
+    >>> write_captions(p, [{"image_id": "a", "caption": "a dog"}])
+    1
+    >>> read_captions(p)
+    [{'image_id': 'a', 'caption': 'a dog'}]
+    """
+    handler = PolicyHandler(policy, report, what="captions")
+    count = 0
+    tmp = str(path) + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for index, obj in enumerate(records):
+                try:
+                    obj = _validate_caption(obj, str(path), f"record {index}")
+                except RegionDataError as e:
+                    handler.handle(e)
+                    continue
+                f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+                count += 1
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, path)
+    handler.finish()
+    return count
+
+
+def read_captions(path, policy="raise", report=None):
+    """Read and validate a JSON Lines caption file.
+
+    Blank lines are ignored. A line that is not a JSON object, lacks
+    `image_id` or `caption`, or has an empty caption raises a
+    `RegionDataError` naming the file and the line number (or, under
+    `policy="skip"`, is dropped and added to `report`). `image_id` comes back
+    as a string.
+
+    Returns:
+        A list of dicts, in file order.
+    """
+    handler = PolicyHandler(policy, report, what="captions")
+    out = []
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            record = f"line {line_no}"
+            try:
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise RegionDataError(
+                        f"not UTF-8 ({e}).", str(path), record,
+                        kind="bad_caption",
+                    ) from None
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise RegionDataError(
+                        f"not valid JSON ({e.msg} at column {e.colno}).",
+                        str(path), record, kind="bad_caption",
+                    ) from None
+                out.append(_validate_caption(obj, str(path), record))
+            except RegionDataError as e:
+                handler.handle(e)
+    handler.finish()
+    return out
+
+
+def check_captions_against_images(captions, image_ids, policy="raise",
+                                  report=None, path=None):
+    """Keep the captions whose `image_id` is among `image_ids`.
+
+    A caption whose image has no region features raises a `RegionDataError`
+    naming the caption (its position in `captions`, 1-based) and the image
+    id, or under `policy="skip"` is dropped and added to `report`.
+
+    Args:
+        captions: list of caption dicts (as from `read_captions`).
+        image_ids: iterable of the image ids that have region features, e.g.
+            `region_image_ids(...)`.
+        path: the caption file name, for messages.
+
+    Returns:
+        The list of captions that have an image.
+    """
+    handler = PolicyHandler(policy, report, what="captions")
+    known = {str(i.decode("utf-8") if isinstance(i, bytes) else i)
+             for i in image_ids}
+    kept = []
+    for index, caption in enumerate(captions, start=1):
+        image_id = str(caption["image_id"])
+        if image_id in known:
+            kept.append(caption)
+            continue
+        handler.handle(RegionDataError(
+            f"caption {caption.get('caption', '')[:60]!r} refers to image "
+            f"{image_id!r}, which has no region features.", path,
+            f"caption {index}", kind="missing_image",
+        ))
+    handler.finish()
+    return kept
+
+
+# ------------------------------------------------------------------ reader --
+
+def _resolve_files(file_pattern_or_paths, split):
+    """Shard paths, plus the manifests of the folders they come from."""
+    if isinstance(file_pattern_or_paths, (str, os.PathLike)):
+        items = [os.fspath(file_pattern_or_paths)]
+    else:
+        items = [os.fspath(p) for p in file_pattern_or_paths]
+    paths = []
+    for item in items:
+        if os.path.isdir(item):
+            manifest = read_manifest(item)
+            if manifest is None:
+                raise RegionDataError(
+                    f"the folder has no {MANIFEST_NAME}; pass shard paths "
+                    "or a glob instead.", item, kind="bad_manifest",
+                )
+            splits = manifest.get("splits", {})
+            chosen = split
+            if chosen is None:
+                if len(splits) != 1:
+                    raise ValueError(
+                        f"{item} holds the splits {sorted(splits)}; pass "
+                        "split= to choose one."
+                    )
+                chosen = next(iter(splits))
+            if chosen not in splits:
+                raise ValueError(
+                    f"{item} has no split {chosen!r}; it has {sorted(splits)}."
+                )
+            paths.extend(os.path.join(item, s["path"])
+                         for s in splits[chosen]["shards"])
+        elif glob.has_magic(item):
+            matched = sorted(glob.glob(item))
+            if not matched:
+                raise RegionDataError(
+                    "no files match this pattern.", item, kind="no_files"
+                )
+            paths.extend(matched)
+        else:
+            if not os.path.exists(item):
+                raise RegionDataError(
+                    "no such file.", item, kind="no_files"
+                )
+            paths.append(item)
+    if not paths:
+        raise RegionDataError(
+            f"no shard files in {file_pattern_or_paths!r}.", kind="no_files"
+        )
+    manifests = {}
+    for p in paths:
+        folder = os.path.dirname(os.path.abspath(p))
+        if folder not in manifests:
+            manifests[folder] = read_manifest(folder)
+    return paths, manifests
+
+
+def _dims_from_manifests(manifests, feature_dim, num_classes):
+    found = {
+        (m.get("feature_dim"), m.get("num_classes")): folder
+        for folder, m in manifests.items() if m is not None
+    }
+    if len(found) > 1:
+        raise RegionDataError(
+            "the files come from folders whose manifests disagree on "
+            f"(feature_dim, num_classes): {found}.", kind="feature_dim",
+        )
+    if found:
+        (m_dim, m_classes), folder = next(iter(found.items()))
+        where = os.path.join(folder, MANIFEST_NAME)
+        if feature_dim is not None and feature_dim != m_dim:
+            raise RegionDataError(
+                f"feature_dim={feature_dim} was requested, but the manifest "
+                f"says the features have width {m_dim}.", where,
+                kind="feature_dim",
+            )
+        if num_classes is not None and num_classes != m_classes:
+            raise RegionDataError(
+                f"num_classes={num_classes} was requested, but the manifest "
+                f"says {m_classes}.", where, kind="num_classes",
+            )
+        return m_dim, m_classes
+    if feature_dim is None:
+        raise RegionDataError(
+            f"no {MANIFEST_NAME} next to the files and no feature_dim "
+            "given; pass feature_dim (and num_classes if the files hold "
+            "class_probs).", kind="feature_dim",
+        )
+    return feature_dim, num_classes
+
+
+def region_files(file_pattern_or_paths, split=None):
+    """The shard paths that `region_dataset` would read, in order."""
+    return _resolve_files(file_pattern_or_paths, split)[0]
+
+
+def region_dataset(
+    file_pattern_or_paths,
+    split=None,
+    feature_dim=None,
+    num_classes=None,
+    policy="raise",
+    shuffle_files=False,
+    seed=None,
+    num_parallel_reads=None,
+    num_parallel_calls=tf.data.AUTOTUNE,
+):
+    """A `tf.data.Dataset` of parsed region-feature examples.
+
+    Each element is a dict: `image_id` (tf.string scalar), `image_h`,
+    `image_w`, `num_boxes` (int32 scalars), `boxes` [N,4] float32 pixels,
+    `features` [N,D] float32 and, when the data set has them, `class_probs`
+    [N,C] float32. N varies per image (batch with `padded_batch` or map with
+    `to_backbone_regions` first).
+
+    Every record is checked while it is read: byte lengths that do not match
+    `num_boxes`, `feature_dim` and `num_classes`, zero regions, non-positive
+    image sizes, NaN/infinite values and boxes outside the image or with
+    x2 < x1 / y2 < y1. Under `policy="raise"` such a record stops iteration
+    with a `tf.errors.InvalidArgumentError` whose message names the problem
+    and the image id; under `policy="skip"` it is dropped (use
+    `scan_region_files` for a list of what would be dropped).
+
+    Args:
+        file_pattern_or_paths: a canonical folder (its manifest lists the
+            shards of `split`), a glob pattern, a path or a list of paths.
+        split: which split of a folder; needed when it holds several.
+        feature_dim, num_classes: the expected widths. Default: from the
+            manifest next to the files; if given and the manifest disagrees, a
+            `RegionDataError` is raised. Without a manifest `feature_dim` is
+            required and `num_classes=None` means "no class_probs".
+        policy: `"raise"` or `"skip"`.
+        shuffle_files: shuffle the shard order (with `seed`).
+        num_parallel_reads: shards read at once (`TFRecordDataset`).
+
+    Examples:
+
+    >>> ds = region_dataset("/data/cc_features", split="train")  # doctest: +SKIP
+    >>> ds = ds.map(to_backbone_regions)                        # doctest: +SKIP
+    """
+    check_policy(policy)
+    paths, manifests = _resolve_files(file_pattern_or_paths, split)
+    feature_dim, num_classes = _dims_from_manifests(
+        manifests, feature_dim, num_classes
+    )
+    feature_dim = int(feature_dim)
+    has_probs = num_classes is not None
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    if shuffle_files:
+        files = files.shuffle(len(paths), seed=seed)
+    ds = tf.data.TFRecordDataset(files, num_parallel_reads=num_parallel_reads)
+
+    spec = {
+        "image_id": tf.io.FixedLenFeature([], tf.string),
+        "image_h": tf.io.FixedLenFeature([], tf.int64),
+        "image_w": tf.io.FixedLenFeature([], tf.int64),
+        "num_boxes": tf.io.FixedLenFeature([], tf.int64),
+        "boxes": tf.io.FixedLenSequenceFeature(
+            [], tf.float32, allow_missing=True),
+        "features": tf.io.FixedLenFeature([], tf.string),
+    }
+    if has_probs:
+        spec["class_probs"] = tf.io.FixedLenFeature([], tf.string)
+
+    def parse(serialized):
+        return tf.io.parse_single_example(serialized, spec)
+
+    def layout_checks(raw):
+        n = raw["num_boxes"]
+        checks = [
+            (n > 0, "the image has zero regions (num_boxes <= 0)"),
+            (tf.logical_and(raw["image_h"] > 0, raw["image_w"] > 0),
+             "image_h and image_w must be positive"),
+            (tf.equal(tf.cast(tf.size(raw["boxes"]), tf.int64), 4 * n),
+             "'boxes' holds a number of values other than 4 x num_boxes"),
+            (tf.equal(tf.cast(tf.strings.length(raw["features"]), tf.int64),
+                      2 * feature_dim * n),
+             f"'features' holds a number of bytes other than num_boxes x "
+             f"feature_dim ({feature_dim}) x 2 (float16): wrong feature width "
+             "or a damaged record"),
+        ]
+        if has_probs:
+            checks.append((
+                tf.equal(
+                    tf.cast(tf.strings.length(raw["class_probs"]), tf.int64),
+                    2 * int(num_classes) * n),
+                f"'class_probs' holds a number of bytes other than num_boxes x "
+                f"num_classes ({num_classes}) x 2 (float16)",
+            ))
+        return checks
+
+    def decode(raw):
+        out = {
+            "image_id": raw["image_id"],
+            "image_h": tf.cast(raw["image_h"], tf.int32),
+            "image_w": tf.cast(raw["image_w"], tf.int32),
+            "num_boxes": tf.cast(raw["num_boxes"], tf.int32),
+            "boxes": tf.reshape(raw["boxes"], [-1, 4]),
+            "features": tf.cast(tf.reshape(
+                tf.io.decode_raw(raw["features"], tf.float16,
+                                 little_endian=True),
+                [-1, feature_dim]), tf.float32),
+        }
+        if has_probs:
+            out["class_probs"] = tf.cast(tf.reshape(
+                tf.io.decode_raw(raw["class_probs"], tf.float16,
+                                 little_endian=True),
+                [-1, int(num_classes)]), tf.float32)
+        return out
+
+    def value_checks(ex):
+        boxes = ex["boxes"]
+        h = tf.cast(ex["image_h"], tf.float32)
+        w = tf.cast(ex["image_w"], tf.float32)
+        checks = [
+            (tf.reduce_all(tf.math.is_finite(ex["features"])),
+             "'features' contain NaN or infinite values"),
+            (tf.reduce_all(tf.math.is_finite(boxes)),
+             "'boxes' contain NaN or infinite values"),
+            (tf.reduce_all(tf.logical_and(boxes[:, 2] >= boxes[:, 0],
+                                          boxes[:, 3] >= boxes[:, 1])),
+             "a box has x2 < x1 or y2 < y1"),
+            (tf.reduce_all(tf.logical_and(
+                tf.logical_and(boxes[:, 0] >= 0.0, boxes[:, 1] >= 0.0),
+                tf.logical_and(boxes[:, 2] <= w, boxes[:, 3] <= h))),
+             "a box lies outside the image"),
+        ]
+        if has_probs:
+            checks.append((
+                tf.reduce_all(tf.math.is_finite(ex["class_probs"])),
+                "'class_probs' contain NaN or infinite values",
+            ))
+        return checks
+
+    def asserting(check_fn, then_fn):
+        def fn(x):
+            deps = [
+                tf.debugging.Assert(
+                    cond, [f"region_dataset: {msg}; image_id:", x["image_id"]])
+                for cond, msg in check_fn(x)
+            ]
+            with tf.control_dependencies(deps):
+                return tf.nest.map_structure(tf.identity, then_fn(x))
+        return fn
+
+    def all_ok(check_fn):
+        def fn(x):
+            return tf.reduce_all(tf.stack([c for c, _ in check_fn(x)]))
+        return fn
+
+    ds = ds.map(parse, num_parallel_calls=num_parallel_calls)
+    if policy == "raise":
+        ds = ds.map(asserting(layout_checks, decode),
+                    num_parallel_calls=num_parallel_calls)
+        ds = ds.map(asserting(value_checks, lambda x: x),
+                    num_parallel_calls=num_parallel_calls)
+    else:
+        ds = ds.filter(all_ok(layout_checks))
+        ds = ds.map(decode, num_parallel_calls=num_parallel_calls)
+        ds = ds.filter(all_ok(value_checks))
+    return ds
+
+
+def scan_region_files(file_pattern_or_paths, split=None, feature_dim=None,
+                      num_classes=None, box_tolerance=0.0):
+    """Check every record eagerly; returns an `ErrorReport` of the bad ones.
+
+    Slower than `region_dataset` but names each bad record's file, its index
+    in the file and its image id, and lists all of them rather than stopping
+    at the first.
+    """
+    paths, manifests = _resolve_files(file_pattern_or_paths, split)
+    feature_dim, num_classes = _dims_from_manifests(
+        manifests, feature_dim, num_classes
+    )
+    report = ErrorReport()
+    for path in paths:
+        for index, serialized in enumerate(tf.data.TFRecordDataset(path)):
+            record = f"record {index}"
+            try:
+                ex = tf.train.Example.FromString(serialized.numpy())
+            except Exception as e:  # protobuf's DecodeError
+                report.add(RegionDataError(
+                    f"not a tf.train.Example ({e}).", path, record,
+                    kind="malformed_record"))
+                continue
+            f = ex.features.feature
+            try:
+                image_id = f["image_id"].bytes_list.value[0].decode("utf-8")
+                record = f"record {index} (image {image_id!r})"
+                n = int(f["num_boxes"].int64_list.value[0])
+                raw = f["features"].bytes_list.value[0]
+                if len(raw) != 2 * n * feature_dim:
+                    raise RegionDataError(
+                        f"'features' has {len(raw)} bytes; num_boxes={n} x "
+                        f"feature_dim={feature_dim} x 2 = "
+                        f"{2 * n * feature_dim} expected.", path, record,
+                        kind="feature_dim")
+                boxes = np.asarray(f["boxes"].float_list.value, np.float32)
+                if boxes.size != 4 * n:
+                    raise RegionDataError(
+                        f"'boxes' has {boxes.size} values; 4 x num_boxes="
+                        f"{4 * n} expected.", path, record,
+                        kind="shape_mismatch")
+                probs = None
+                if num_classes is not None:
+                    praw = f["class_probs"].bytes_list.value[0]
+                    if len(praw) != 2 * n * num_classes:
+                        raise RegionDataError(
+                            f"'class_probs' has {len(praw)} bytes; "
+                            f"{2 * n * num_classes} expected.", path, record,
+                            kind="num_classes")
+                    probs = np.frombuffer(praw, "<f2").reshape(n, num_classes)
+                validate_region_record(
+                    image_id,
+                    f["image_h"].int64_list.value[0],
+                    f["image_w"].int64_list.value[0],
+                    boxes.reshape(n, 4),
+                    np.frombuffer(raw, "<f2").reshape(n, feature_dim),
+                    probs,
+                    feature_dim=feature_dim,
+                    num_classes=num_classes,
+                    box_tolerance=box_tolerance,
+                    path=path, record=record,
+                )
+            except RegionDataError as e:
+                report.add(e)
+            except (IndexError, KeyError, UnicodeDecodeError) as e:
+                report.add(RegionDataError(
+                    f"missing or malformed field ({e!r}).", path, record,
+                    kind="malformed_record"))
+    return report
+
+
+def region_image_ids(file_pattern_or_paths, split=None):
+    """The image ids stored in canonical files, as a list of strings."""
+    paths, _ = _resolve_files(file_pattern_or_paths, split)
+    spec = {"image_id": tf.io.FixedLenFeature([], tf.string)}
+    ds = tf.data.TFRecordDataset(paths).map(
+        lambda s: tf.io.parse_single_example(s, spec)["image_id"])
+    return [v.decode("utf-8") for v in ds.as_numpy_iterator()]
+
+
+# ------------------------------------------------------ model-side inputs --
+
+def region_locations(boxes, image_h, image_w):
+    """5-d locations `[x1/W, y1/H, x2/W, y2/H, (x2-x1)(y2-y1)/(W*H)]`.
+
+    Args:
+        boxes: `[..., 4]` pixel boxes.
+        image_h, image_w: image size (scalars or broadcastable).
+    """
+    boxes = tf.cast(boxes, tf.float32)
+    h = tf.cast(image_h, tf.float32)
+    w = tf.cast(image_w, tf.float32)
+    x1, y1, x2, y2 = tf.unstack(boxes, 4, axis=-1)
+    area = (x2 - x1) * (y2 - y1) / (w * h)
+    return tf.stack([x1 / w, y1 / h, x2 / w, y2 / h, area], axis=-1)
+
+
+def recompute_global_region(region_features, region_mask):
+    """Set slot 0 to the mean of the real region slots' current features.
+
+    For features changed after `to_backbone_regions` (e.g. zeroed by region
+    masking): the original pretraining code averages the *masked* features,
+    zeroed regions counting in the denominator (spec §1.2, §6 quirk 3).
+    Works on `[R+1, D]` or batched `[B, R+1, D]` inputs; the mean is over the
+    slots 1..R whose mask is 1 (the kept regions, so after truncation).
+    """
+    region_features = tf.convert_to_tensor(region_features)
+    mask = tf.cast(region_mask, region_features.dtype)[..., 1:, tf.newaxis]
+    regions = region_features[..., 1:, :]
+    total = tf.reduce_sum(regions * mask, axis=-2, keepdims=True)
+    count = tf.maximum(tf.reduce_sum(mask, axis=-2, keepdims=True), 1.0)
+    return tf.concat([total / count, regions], axis=-2)
+
+
+def has_regions(example):
+    """`True` when the example has at least one region (for `Dataset.filter`)."""
+    return tf.shape(example["boxes"])[0] > 0
+
+
+def to_backbone_regions(
+    example,
+    max_regions=36,
+    features=None,
+    global_feature="all_regions",
+    policy="raise",
+    include_class_probs=True,
+):
+    """Build the backbone's region inputs from one parsed example (graph ops).
+
+    The image slots are `[global, r1..rK, padding]`, `max_regions + 1` of
+    them. If the image has more than `max_regions` regions only the **first**
+    `max_regions` are kept (files store regions in detector order, the most
+    confident first). Slot 0 is the global image token: feature = mean of the
+    image's region features, location `[0, 0, 1, 1, 1]`, mask 1.
+
+    Args:
+        example: a dict from `region_dataset` (unbatched).
+        max_regions: R, the number of region slots after the global one
+            (36 for pretraining; 101 gives Flickr30K's 102 slots).
+        features: optional `[N, D]` features to use instead of
+            `example["features"]` for both the region slots and the global
+            mean, e.g. already-masked features. For features masked after
+            this function, call `recompute_global_region`.
+        global_feature: `"all_regions"` (mean over all N stored regions,
+            before truncation: the finetuning rule) or `"kept_regions"`
+            (mean over the K kept ones).
+        policy: what an image without regions does. `"raise"`: fails (a
+            `RegionDataError` when run eagerly, an `InvalidArgumentError`
+            inside `Dataset.map`). `"skip"`: gives a zero global feature
+            with mask 1 and only padding slots; drop such images beforehand
+            with `dataset.filter(has_regions)` (`region_dataset(...,
+            policy="skip")` already does).
+        include_class_probs: emit `region_class_probs` when the example has
+            `class_probs`.
+
+    Returns:
+        A dict with `region_features` [R+1, D] float32, `region_locations`
+        [R+1, 5] float32, `region_mask` [R+1] int32 (1 = real slot, the
+        global one included), `region_boxes` [R+1, 4] float32 normalised
+        `x1/W, y1/H, x2/W, y2/H` (slot 0 = `[0, 0, 1, 1]`, padding = 0), and
+        when class_probs exist `region_class_probs` [R+1, C] float32 (zeros
+        at slot 0 and the padding).
+    """
+    check_policy(policy)
+    if global_feature not in ("all_regions", "kept_regions"):
+        raise ValueError(
+            "global_feature must be 'all_regions' or 'kept_regions'; "
+            f"received {global_feature!r}."
+        )
+    max_regions = int(max_regions)
+    if max_regions < 1:
+        raise ValueError(f"max_regions must be >= 1; received {max_regions}.")
+    feats = tf.cast(
+        example["features"] if features is None else features, tf.float32)
+    boxes = tf.cast(example["boxes"], tf.float32)
+    num = tf.shape(boxes)[0]
+    feature_dim = feats.shape[-1]
+
+    if policy == "raise":
+        if tf.executing_eagerly():
+            if int(num) == 0:
+                image_id = example.get("image_id")
+                if image_id is not None:
+                    image_id = image_id.numpy().decode("utf-8")
+                raise RegionDataError(
+                    "the image has zero regions; to_backbone_regions needs at "
+                    "least one (or policy='skip').",
+                    record=None if image_id is None else f"image {image_id!r}",
+                    kind="no_regions",
+                )
+        else:
+            ident = example.get("image_id", tf.constant("?"))
+            with tf.control_dependencies([tf.debugging.Assert(
+                    num > 0,
+                    ["to_backbone_regions: the image has zero regions; "
+                     "image_id:", ident])]):
+                feats = tf.identity(feats)
+    with tf.control_dependencies([tf.debugging.assert_equal(
+            tf.shape(feats)[0], num,
+            message="to_backbone_regions: features and boxes have different "
+                    "numbers of rows")]):
+        feats = tf.identity(feats)
+
+    kept = tf.minimum(num, max_regions)
+    pad = max_regions - kept
+    denom_all = tf.cast(tf.maximum(num, 1), tf.float32)
+    denom_kept = tf.cast(tf.maximum(kept, 1), tf.float32)
+    if global_feature == "all_regions":
+        global_feat = tf.reduce_sum(feats, axis=0, keepdims=True) / denom_all
+    else:
+        global_feat = (tf.reduce_sum(feats[:kept], axis=0, keepdims=True)
+                       / denom_kept)
+
+    def slots(values, first):
+        body = tf.pad(values[:kept], [[0, pad], [0, 0]])
+        return tf.concat([first, body], axis=0)
+
+    region_features = slots(feats, global_feat)
+    locs = region_locations(boxes, example["image_h"], example["image_w"])
+    region_locs = slots(locs, tf.constant([[0.0, 0.0, 1.0, 1.0, 1.0]]))
+    region_boxes = slots(locs[:, :4], tf.constant([[0.0, 0.0, 1.0, 1.0]]))
+    region_mask = tf.concat([
+        tf.ones([kept + 1], tf.int32), tf.zeros([pad], tf.int32)], axis=0)
+
+    slots_n = max_regions + 1
+    out = {
+        "region_features": tf.ensure_shape(
+            region_features, [slots_n, feature_dim]),
+        "region_locations": tf.ensure_shape(region_locs, [slots_n, 5]),
+        "region_mask": tf.ensure_shape(region_mask, [slots_n]),
+        "region_boxes": tf.ensure_shape(region_boxes, [slots_n, 4]),
+    }
+    if include_class_probs and "class_probs" in example:
+        probs = tf.cast(example["class_probs"], tf.float32)
+        zero = tf.zeros([1, tf.shape(probs)[1]], tf.float32)
+        out["region_class_probs"] = tf.ensure_shape(
+            slots(probs, zero), [slots_n, probs.shape[-1]])
+    return out

@@ -1,0 +1,2 @@
+from keras_interbert.preprocessing.interbert_tokenizer import InterBERTTokenizer
+from keras_interbert.preprocessing.text_packer import InterBERTTextPacker
