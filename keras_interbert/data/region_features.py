@@ -317,6 +317,20 @@ def read_manifest(directory):
     return manifest
 
 
+def _manifest_binding(manifest, split):
+    """`(feature_dim, num_classes, other splits)` that `split` must match.
+
+    Only the *other* splits of a folder bind a writer, so rewriting a
+    folder's only split may change its widths.
+    """
+    if manifest is None or manifest.get("feature_dim") is None:
+        return None
+    others = sorted(s for s in manifest.get("splits", {}) if s != split)
+    if not others:
+        return None
+    return manifest["feature_dim"], manifest.get("num_classes"), others
+
+
 def _write_json_atomic(path, data):
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -398,22 +412,21 @@ class RegionFeatureWriter:
         os.makedirs(self.directory, exist_ok=True)
 
         self._manifest = read_manifest(self.directory)
-        manifest_path = os.path.join(self.directory, MANIFEST_NAME)
-        fixed = self._manifest is not None and self._manifest.get(
-            "feature_dim") is not None
-        if fixed:
-            m_dim = self._manifest["feature_dim"]
-            m_classes = self._manifest.get("num_classes")
+        binding = _manifest_binding(self._manifest, split)
+        if binding is not None:
+            m_dim, m_classes, others = binding
+            manifest_path = os.path.join(self.directory, MANIFEST_NAME)
             if feature_dim is not None and feature_dim != m_dim:
                 raise RegionDataError(
                     f"feature_dim {feature_dim} differs from the manifest's "
-                    f"feature_dim {m_dim}.", manifest_path, kind="feature_dim",
+                    f"feature_dim {m_dim} (splits {others}); write to another "
+                    "folder.", manifest_path, kind="feature_dim",
                 )
             if num_classes is not None and num_classes != m_classes:
                 raise RegionDataError(
                     f"num_classes {num_classes} differs from the manifest's "
-                    f"num_classes {m_classes}.", manifest_path,
-                    kind="num_classes",
+                    f"num_classes {m_classes} (splits {others}); write to "
+                    "another folder.", manifest_path, kind="num_classes",
                 )
             feature_dim, num_classes = m_dim, m_classes
             self._expect_probs = m_classes is not None
@@ -539,15 +552,33 @@ class RegionFeatureWriter:
                     for s in self._shards]
         if self._writer is not None:
             self._finish_shard()
-        for shard in self._shards:
-            final = os.path.join(self.directory, shard["path"])
-            os.replace(final + ".tmp", final)
-        self._remove_stale()
         manifest = read_manifest(self.directory) or {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "splits": {},
         }
+        # Another writer (e.g. one per split) may have closed in the meantime.
+        binding = _manifest_binding(manifest, self.split)
+        if binding is not None:
+            m_dim, m_classes, others = binding
+            if self.feature_dim is None:
+                self.feature_dim = m_dim
+            if self._expect_probs is None:
+                self.num_classes = m_classes
+            if (self.feature_dim, self.num_classes) != (m_dim, m_classes):
+                self.abort()
+                raise RegionDataError(
+                    f"split {self.split!r} has (feature_dim, num_classes) = "
+                    f"({self.feature_dim}, {self.num_classes}) but the splits "
+                    f"{others} in the same folder have ({m_dim}, {m_classes}); "
+                    "nothing was written for this split.",
+                    os.path.join(self.directory, MANIFEST_NAME),
+                    kind="feature_dim",
+                )
+        for shard in self._shards:
+            final = os.path.join(self.directory, shard["path"])
+            os.replace(final + ".tmp", final)
+        self._remove_stale()
         manifest.update({
             "feature_dim": self.feature_dim,
             "feature_dtype": "float16",
