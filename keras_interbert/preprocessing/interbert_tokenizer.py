@@ -113,7 +113,7 @@ class InterBERTTokenizer(keras.layers.Layer):
     ```python
     tokenizer = InterBERTTokenizer("interbert_base_en")
     tokenizer(["A man rides a horse.", "Two dogs"])
-    # <tf.RaggedTensor [[1037, 2158, 14523, 1037, 3586, 1012], [2048, 6077]]>
+    # <tf.RaggedTensor [[1037, 2158, 12271, 1037, 3586, 1012], [2048, 6077]]>
     tokenizer.detokenize(tokenizer(["A man rides a horse."]))
     # [b'a man rides a horse .']
     ```

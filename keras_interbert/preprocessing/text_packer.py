@@ -93,8 +93,8 @@ class InterBERTTextPacker(keras.layers.Layer):
     packer = InterBERTTextPacker(sequence_length=8)
     packer(tf.ragged.constant([[7, 8, 9]]))["token_ids"]
     # [[101, 7, 8, 9, 102, 0, 0, 0]]
-    packer(tf.constant([1, 2, 3]), tf.constant([4, 5, 6]))["segment_ids"]
-    # [0, 0, 0, 0, 1, 1, 1, 0]: [CLS] 1 2 [SEP] 4 5 [SEP] [PAD]
+    packer(tf.constant([1, 2]), tf.constant([4, 5, 6]))["segment_ids"]
+    # [0, 0, 0, 0, 1, 1, 1, 1]: [CLS] 1 2 [SEP] 4 5 6 [SEP]
     ```
     """
 
