@@ -28,6 +28,7 @@ masks. Batches are `(x, y)`: `x` the six backbone inputs, `y` a dict of
 `msm_labels`, `msm_weights`, `mrm_targets`, `mrm_weights`, `itm_labels`.
 """
 import dataclasses
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -192,6 +193,26 @@ def pretraining_dataset(regions, captions, tokenizer, config=None, split=None):
     """
     config = config or PretrainingDataConfig()
     config.validate()
+    paths, index = _prepare(regions, captions, split)
+    return _batches(_examples(paths, index, tokenizer, config), index,
+                    tokenizer, config)
+
+
+def pretraining_examples(regions, captions, tokenizer, config=None, split=None):
+    """The unbatched examples behind `pretraining_dataset`, and their index.
+
+    Each element holds `position` (its example number), `image_index`,
+    `caption_index` (into `index.texts`; a caption of another image when
+    `itm_labels` is 1), `itm_labels` and the masked region slots. For
+    inspection and tests.
+    """
+    config = config or PretrainingDataConfig()
+    config.validate()
+    paths, index = _prepare(regions, captions, split)
+    return _examples(paths, index, tokenizer, config), index
+
+
+def _prepare(regions, captions, split):
     if isinstance(captions, str):
         captions = read_captions(captions)
     if split is not None:
@@ -199,19 +220,16 @@ def pretraining_dataset(regions, captions, tokenizer, config=None, split=None):
     paths = region_files(regions, split)
     image_ids = region_image_ids(paths)
     check_captions_against_images(captions, set(image_ids))
-    manifest_classes = None
-    if isinstance(regions, str) and tf.io.gfile.isdir(regions):
-        manifest_classes = read_manifest(regions).get("num_classes")
-    if manifest_classes is None:
+    manifest = read_manifest(os.path.dirname(paths[0])) or {}
+    if manifest.get("num_classes") is None:
         raise RegionDataError(
             "pretraining needs per-region class distributions (class_probs) "
             "as masked-region targets; the region files have none.",
             path=str(regions), kind="no_class_probs")
-    index = CaptionIndex(captions, image_ids)
-    return _build(paths, index, tokenizer, config)
+    return paths, CaptionIndex(captions, image_ids)
 
 
-def _build(paths, index, tokenizer, config):
+def _examples(paths, index, tokenizer, config):
     seed = config.seed
     T, R = config.sequence_length, config.max_regions
     if len(paths) >= config.num_workers:
@@ -259,6 +277,7 @@ def _build(paths, index, tokenizer, config):
         other = _draw_negative_caption(index, image_index, seed, position)
         element = {
             "position": position,
+            "image_index": image_index,
             "caption_index": tf.where(negative, other, caption_index),
             "itm_labels": tf.cast(negative, tf.int32),
             **regions,
@@ -269,8 +288,11 @@ def _build(paths, index, tokenizer, config):
                 tf.cast(pieces.row_lengths()[0], tf.int32) + 2, T)
         return element
 
-    ds = pairs.map(per_example, num_parallel_calls=tf.data.AUTOTUNE,
-                   deterministic=True)
+    return pairs.map(per_example, num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True)
+
+
+def _batches(ds, index, tokenizer, config):
     if config.bucket_lengths:
         lengths = tf.constant(config.bucket_lengths, tf.int32)
 
