@@ -1,0 +1,4 @@
+"""Wiring shared by the recipes: strategies, resumable runs, plots."""
+from keras_interbert.training.history_plot import plot_history
+from keras_interbert.training.run_state import completed_epochs
+from keras_interbert.training.strategies import make_strategy

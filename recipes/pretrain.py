@@ -1,0 +1,258 @@
+"""Pretrain InterBERT (MSM + MRM + ITM) with `model.fit`.
+
+Reads canonical region shards and captions (by default the bundled data set,
+generated on first use), builds or loads the model (a preset, a `.keras`
+file, or a BERT checkpoint through the converter), and trains with a progress
+bar, TensorBoard logs, a CSV log, periodic `.keras` checkpoints and
+`keras.callbacks.BackupAndRestore`: a killed run started again with the same
+command continues from its last completed epoch. Ends by writing
+`pretrained.keras` (what the finetuning recipes load), `metrics.json` and
+`training_curves.png` into `--out`.
+
+The backend comes from KERAS_BACKEND; the strategy from `--strategy`.
+
+    KERAS_BACKEND=jax .venv/bin/python recipes/pretrain.py --out runs/pretrain \
+        --preset interbert_tiny_en --steps 300 --batch-size 32
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="Run directory.")
+    data = p.add_argument_group("data")
+    data.add_argument("--data", default=None,
+                      help="Data folder with regions/ and captions_<lang>.jsonl "
+                      "(default: the bundled data set, made in <out>/../bundled-data).")
+    data.add_argument("--captions", default=None,
+                      help="Captions JSON Lines (default: <data>/captions_<language>.jsonl).")
+    data.add_argument("--language", choices=("en", "zh"), default="en")
+    data.add_argument("--num-images", type=int, default=2000,
+                      help="Size of the bundled data set when it is generated.")
+    data.add_argument("--feature-dim", type=int, default=2048,
+                      help="Region feature width of the bundled data set.")
+    data.add_argument("--sequence-length", type=int, default=36)
+    data.add_argument("--max-regions", type=int, default=36)
+    data.add_argument("--msm", choices=("span", "token"), default="span")
+    data.add_argument("--mrm", choices=("group", "random"), default="group")
+    model = p.add_argument_group("model")
+    model.add_argument("--preset", default=None,
+                       help="Start from this preset (random weights). Default: "
+                       "interbert_tiny_<language>.")
+    model.add_argument("--init", default=None,
+                       help="Start from a .keras InterBERTPretrainer instead.")
+    model.add_argument("--bert", default=None,
+                       help="Initialise from a BERT checkpoint (HF dir, TF "
+                       "checkpoint dir or keras-hub BertBackbone).")
+    model.add_argument("--single-layers", type=int, default=None,
+                       help="With --bert: BERT layers that form the single stream.")
+    train = p.add_argument_group("training")
+    train.add_argument("--steps", type=int, default=300,
+                       help="Optimizer steps of the whole run.")
+    train.add_argument("--steps-per-epoch", type=int, default=50,
+                       help="Steps between validations, checkpoints and backups.")
+    train.add_argument("--batch-size", type=int, default=32, help="Global batch.")
+    train.add_argument("--learning-rate", type=float, default=1e-4)
+    train.add_argument("--bert-learning-rate", type=float, default=1e-5)
+    train.add_argument("--warmup-fraction", type=float, default=0.1)
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--gradient-accumulation-steps", type=int, default=None)
+    train.add_argument("--msm-weight", type=float, default=1.0)
+    train.add_argument("--mrm-weight", type=float, default=1.0)
+    train.add_argument("--itm-weight", type=float, default=1.0)
+    train.add_argument("--validation-steps", type=int, default=10)
+    train.add_argument("--strategy", default="none",
+                       choices=("none", "mirrored", "multi_worker", "jax_data_parallel"))
+    train.add_argument("--mixed-precision", default="float32",
+                       choices=("float32", "mixed_bfloat16", "mixed_float16"))
+    train.add_argument("--jit-compile", default="auto",
+                       help="auto, true or false (passed to compile).")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--verbose", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def ensure_bundled_data(args):
+    from keras_interbert.data.synthetic import write_dataset
+
+    folder = os.path.join(os.path.dirname(os.path.abspath(args.out)),
+                          f"bundled-data-{args.num_images}-d{args.feature_dim}")
+    if not os.path.exists(os.path.join(folder, "metadata.json")):
+        print(f"Generating the bundled data set in {folder} ...")
+        write_dataset(folder, num_images=args.num_images, seed=0,
+                      feature_dim=args.feature_dim, overwrite=True,
+                      save_images=False)
+    return folder
+
+
+def build_model(args, feature_dim, num_classes):
+    import keras
+
+    from keras_interbert import InterBERTBackbone
+    from keras_interbert import InterBERTPretrainer
+    from keras_interbert.presets import preset_backbone_config
+
+    if args.init:
+        model = keras.saving.load_model(args.init, compile=False)
+        if not isinstance(model, InterBERTPretrainer):
+            raise SystemExit(f"--init {args.init}: not an InterBERTPretrainer "
+                             f"(found {type(model).__name__}).")
+        widths = (model.backbone.image_feature_dim, model.num_region_classes)
+        if widths != (feature_dim, num_classes):
+            raise SystemExit(
+                f"--init {args.init}: the model takes {widths[0]}-d region "
+                f"features and {widths[1]} region classes; the data has "
+                f"{feature_dim} and {num_classes}.")
+        return model
+    if args.bert:
+        from keras_interbert.convert import convert_bert
+
+        if args.single_layers is None:
+            raise SystemExit("--bert needs --single-layers K.")
+        return convert_bert(args.bert, args.single_layers, image_config={
+            "image_feature_dim": feature_dim, "num_region_classes": num_classes})
+    preset = args.preset or f"interbert_tiny_{args.language}"
+    config = preset_backbone_config(preset)
+    config["image_feature_dim"] = feature_dim
+    return InterBERTPretrainer(InterBERTBackbone(**config),
+                               num_region_classes=num_classes)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import keras
+
+    keras.utils.set_random_seed(args.seed)
+    keras.config.set_dtype_policy(args.mixed_precision)
+
+    from keras_interbert.data.pretraining_pipeline import PretrainingDataConfig
+    from keras_interbert.data.pretraining_pipeline import pretraining_dataset
+    from keras_interbert.data.region_features import read_manifest
+    from keras_interbert.optimizers import BERT_INITIALISED_PATTERNS
+    from keras_interbert.optimizers import pretraining_optimizer
+    from keras_interbert.preprocessing import InterBERTTokenizer
+    from keras_interbert.training import completed_epochs
+    from keras_interbert.training import make_strategy
+    from keras_interbert.training import plot_history
+
+    os.makedirs(args.out, exist_ok=True)
+    data = args.data or ensure_bundled_data(args)
+    regions = os.path.join(data, "regions")
+    captions = args.captions or os.path.join(data, f"captions_{args.language}.jsonl")
+    manifest = read_manifest(regions) or {}
+    feature_dim, num_classes = manifest.get("feature_dim"), manifest.get("num_classes")
+    if feature_dim is None or num_classes is None:
+        raise SystemExit(f"{regions}: no manifest with feature_dim and "
+                         "num_classes; pretraining needs class_probs.")
+    tokenizer = InterBERTTokenizer.from_preset(f"interbert_base_{args.language}")
+
+    scope, replicas = make_strategy(args.strategy)
+    epochs = -(-args.steps // args.steps_per_epoch)
+    updates = args.steps // (args.gradient_accumulation_steps or 1)
+    with scope:
+        model = build_model(args, feature_dim, num_classes)
+        if model.backbone.vocabulary_size != tokenizer.vocabulary_size():
+            raise SystemExit(
+                f"The model's vocabulary ({model.backbone.vocabulary_size}) "
+                f"differs from the {args.language} tokenizer's "
+                f"({tokenizer.vocabulary_size()}).")
+        optimizer = pretraining_optimizer(
+            total_steps=updates, learning_rate=args.learning_rate,
+            bert_learning_rate=args.bert_learning_rate,
+            warmup_fraction=args.warmup_fraction,
+            weight_decay=args.weight_decay,
+            bert_variable_patterns=BERT_INITIALISED_PATTERNS if args.bert else (),
+            gradient_accumulation_steps=args.gradient_accumulation_steps)
+        jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile.lower()]
+        model.compile(optimizer=optimizer, msm_weight=args.msm_weight,
+                      mrm_weight=args.mrm_weight, itm_weight=args.itm_weight,
+                      jit_compile=jit)
+
+    def data_config(**overrides):
+        return PretrainingDataConfig(**dict(dict(
+            sequence_length=args.sequence_length, max_regions=args.max_regions,
+            batch_size=args.batch_size, msm=args.msm, mrm=args.mrm,
+            seed=args.seed), **overrides))
+
+    train = pretraining_dataset(regions, captions, tokenizer,
+                                data_config(repeat=True), split="train")
+    val = pretraining_dataset(regions, captions, tokenizer,
+                              data_config(shuffle_buffer=0, seed=args.seed + 1,
+                                          repeat=True), split="val")
+    backup = os.path.join(args.out, "backup")
+    done = completed_epochs(backup)
+    if done:
+        print(f"Resuming after epoch {done} (step {done * args.steps_per_epoch}).")
+    # The pipeline is deterministic: skipping what earlier attempts consumed
+    # gives exactly the batches that follow the backed-up state.
+    train = train.skip(done * args.steps_per_epoch)
+    first_x, _ = next(iter(train.take(1)))
+    model({k: keras.ops.convert_to_tensor(v.numpy()) for k, v in first_x.items()})
+
+    callbacks = [
+        keras.callbacks.BackupAndRestore(backup, save_freq="epoch"),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(args.out, "checkpoints", "epoch-{epoch:03d}.keras")),
+        keras.callbacks.CSVLogger(os.path.join(args.out, "history.csv"),
+                                  append=True),
+    ]
+    if keras.config.backend() == "tensorflow" or _has_tensorflow():
+        callbacks.append(keras.callbacks.TensorBoard(
+            os.path.join(args.out, "tensorboard"), update_freq=10))
+    os.makedirs(os.path.join(args.out, "checkpoints"), exist_ok=True)
+    start = time.time()
+    model.fit(train, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
+              validation_data=val, validation_steps=args.validation_steps,
+              callbacks=callbacks, verbose=args.verbose)
+    elapsed = time.time() - start
+    final = os.path.join(args.out, "pretrained.keras")
+    partial = os.path.join(args.out, "pretrained.partial.keras")
+    model.save(partial)
+    os.replace(partial, final)
+
+    history = _read_csv(os.path.join(args.out, "history.csv"))
+    plot_history(history, os.path.join(args.out, "training_curves.png"),
+                 title=f"InterBERT pretraining ({keras.config.backend()})")
+    summary = {
+        "backend": keras.config.backend(),
+        "strategy": args.strategy,
+        "replicas": replicas,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seconds_this_attempt": round(elapsed, 1),
+        "model": final,
+        "data": data,
+        "final": {k: v[-1] for k, v in history.items() if k != "epoch"},
+        "first": {k: v[0] for k, v in history.items() if k != "epoch"},
+    }
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(json.dumps(summary["final"], indent=2))
+    return summary
+
+
+def _has_tensorflow():
+    try:
+        import tensorflow  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _read_csv(path):
+    import csv
+
+    history = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                history.setdefault(key, []).append(float(value))
+    return history
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
