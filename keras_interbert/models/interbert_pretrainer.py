@@ -1,10 +1,15 @@
 import keras
+from keras import ops
 
 from keras_interbert.layers.image_text_matching_head import ImageTextMatchingHead
 from keras_interbert.layers.masked_region_head import MaskedRegionHead
 from keras_interbert.layers.masked_segment_head import MaskedSegmentHead
 from keras_interbert.models.functional_base import FunctionalBase
 from keras_interbert.models.interbert_backbone import InterBERTBackbone
+from keras_interbert.models.pretraining_objective import PretrainingObjective
+from keras_interbert.models.pretraining_objective import TASK_METRICS
+from keras_interbert.models.replica_context import num_replicas_in_sync
+from keras_interbert.models.replica_context import sum_over_replicas
 from keras_interbert.utils.activations import hidden_activation
 
 
@@ -30,6 +35,12 @@ class InterBERTPretrainer(FunctionalBase):
     backbone = keras_interbert.InterBERTBackbone.from_preset("interbert_tiny_en")
     pretrainer = keras_interbert.InterBERTPretrainer(backbone, num_region_classes=17)
     outputs = pretrainer(inputs)  # msm_logits, mrm_logits, itm_logits
+    pretrainer.compile(
+        optimizer=keras_interbert.optimizers.pretraining_optimizer(
+            total_steps=1000),
+        msm_weight=1.0, mrm_weight=1.0, itm_weight=1.0,
+    )
+    pretrainer.fit(dataset)  # (x, y) batches
     ```
     """
 
@@ -72,8 +83,191 @@ class InterBERTPretrainer(FunctionalBase):
         self.num_region_classes = num_region_classes
         self.itm_dropout = itm_dropout
 
+        # === Training state ===
+        self._objective = PretrainingObjective()
+        self._ablation_frozen = []
+        self._task_trackers = {
+            name: keras.metrics.Mean(name=name)
+            for task in ("msm", "mrm", "itm")
+            for name, _ in TASK_METRICS[task]
+        }
+
     def _image_feature_dim(self):
         return self.backbone.image_feature_dim
+
+    # === Training ===
+
+    def compile(self, optimizer="auto", msm_weight=1.0, mrm_weight=1.0,
+                itm_weight=1.0, loss=None, loss_weights=None, metrics=None,
+                weighted_metrics=None, **kwargs):
+        """Configures pretraining.
+
+        Args:
+            optimizer: an optimizer, or `"auto"` for
+                `keras_interbert.optimizers.pretraining_optimizer()` (the
+                published groups and clipping, a constant rate since the run
+                length is unknown here).
+            msm_weight, mrm_weight, itm_weight: floats >= 0. Weights of the
+                three losses in the total. A weight of 0 switches its task
+                off for an ablation: the loss is not computed, the variables
+                only that task uses (its head; the poolers for ITM; a stream
+                no enabled task reads) are frozen, and its metrics are not
+                logged.
+            **kwargs: `run_eagerly`, `steps_per_execution`, `jit_compile`,
+                `auto_scale_loss`, as for `keras.Model.compile`.
+
+        The objective is fixed: `loss`, `loss_weights`, `metrics` and
+        `weighted_metrics` must be left as `None`.
+        """
+        for name, value in (("loss", loss), ("loss_weights", loss_weights),
+                            ("metrics", metrics),
+                            ("weighted_metrics", weighted_metrics)):
+            if value is not None:
+                raise ValueError(
+                    f"InterBERTPretrainer.compile: `{name}` must be None (the "
+                    "pretraining objective and its metrics are built in; "
+                    "weigh the tasks with `msm_weight`, `mrm_weight`, "
+                    f"`itm_weight`); received {value!r}."
+                )
+        objective = PretrainingObjective(msm_weight, mrm_weight, itm_weight)
+        if isinstance(optimizer, str) and optimizer == "auto":
+            from keras_interbert.optimizers import pretraining_optimizer
+
+            optimizer = pretraining_optimizer()
+        self._objective = objective
+        self._freeze_unused_variables(objective.tasks)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config:
+            config.update({f"{task}_weight": weight
+                           for task, weight in self._objective.weights.items()})
+        return config
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.optimizer is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    @property
+    def task_weights(self):
+        """The weights of `msm`, `mrm` and `itm` in the total loss."""
+        return dict(self._objective.weights)
+
+    @property
+    def metrics(self):
+        enabled = set(self._objective.metric_names())
+        hidden = {id(tracker) for name, tracker in self._task_trackers.items()
+                  if name not in enabled}
+        return [m for m in super().metrics if id(m) not in hidden]
+
+    def _task_variable_groups(self):
+        """Variables read by only some tasks' losses, with those tasks."""
+        backbone = self.backbone
+        shared = {id(v) for v in backbone.weights}
+
+        def weights(layers):
+            return [v for layer in layers for v in layer.weights]
+
+        return [
+            (("msm",), [v for v in self.msm_head.weights
+                        if id(v) not in shared]),
+            (("mrm",), self.mrm_head.weights),
+            (("itm",), weights([self.itm_head, backbone.text_pooler,
+                                backbone.image_pooler])),
+            (("msm", "itm"), weights(backbone.text_stream_layers)),
+            (("mrm", "itm"), weights(backbone.image_stream_layers)),
+        ]
+
+    def _freeze_unused_variables(self, tasks):
+        for variable in self._ablation_frozen:
+            variable.trainable = True
+        frozen = []
+        for users, variables in self._task_variable_groups():
+            if any(task in tasks for task in users):
+                continue
+            for variable in variables:
+                if variable.trainable:
+                    variable.trainable = False
+                    frozen.append(variable)
+        self._ablation_frozen = frozen
+
+    def _check_no_sample_weight(self, sample_weight):
+        if sample_weight is not None:
+            raise ValueError(
+                "InterBERTPretrainer: `sample_weight` is not supported; the "
+                "per-target weights are `y['msm_weights']` and "
+                "`y['mrm_weights']`."
+            )
+
+    def _pretraining_loss(self, y, y_pred):
+        """This replica's loss, the global logged values, the global sums.
+
+        Updates the task trackers with the global values, each weighted by
+        its global count divided by the replica count: every replica then
+        holds the global running mean, and so does the cross-replica sum of
+        their states that Keras reads at the end of an epoch.
+        """
+        objective = self._objective
+        stats = objective.statistics(y, y_pred)
+        totals = sum_over_replicas(
+            {k: ops.stop_gradient(v) for k, v in stats.items()})
+        loss, values = objective.combine(stats, totals)
+        replicas = float(num_replicas_in_sync())
+        for name, count in objective.metric_counts().items():
+            self._task_trackers[name].update_state(
+                values[name], sample_weight=totals[count] / replicas)
+        return loss, values, totals
+
+    def _update_loss_tracker(self, values, totals):
+        replicas = float(num_replicas_in_sync())
+        self._loss_tracker.update_state(
+            values["loss"], sample_weight=totals["batch_size"] / replicas)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                     training=True):
+        """The weighted pretraining loss of a batch (its replica's share)."""
+        self._check_no_sample_weight(sample_weight)
+        loss, _, _ = self._pretraining_loss(y, y_pred)
+        return loss
+
+    def pretraining_losses(self, y, y_pred):
+        """The logged values of one batch: total and per-task losses, accuracies.
+
+        For evaluation and checks outside `fit`; updates no metric.
+        """
+        return self._objective(y, y_pred)
+
+    def train_step(self, *args, **kwargs):
+        if keras.config.backend() == "tensorflow":
+            from keras_interbert.models import tensorflow_steps
+
+            return tensorflow_steps.train_step(self, *args, **kwargs)
+        return super().train_step(*args, **kwargs)
+
+    def test_step(self, *args, **kwargs):
+        if keras.config.backend() == "tensorflow":
+            from keras_interbert.models import tensorflow_steps
+
+            return tensorflow_steps.test_step(self, *args, **kwargs)
+        return super().test_step(*args, **kwargs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a `tf.distribute` strategy Keras 3.15 first reduces a whole
+        # batch across replicas with `strategy.reduce`, which
+        # `MultiWorkerMirroredStrategy` cannot do on a nested batch. The
+        # pretrainer is built when constructed; only the optimizer is left.
+        built = all(layer.built for layer in self._flatten_layers())
+        if (keras.config.backend() == "tensorflow" and built
+                and self._distribute_strategy is not None):
+            if self.optimizer is not None and not self.optimizer.built:
+                with self.distribute_strategy.scope():
+                    self.optimizer.build(self.trainable_variables)
+            return
+        return super()._maybe_symbolic_build(
+            iterator=iterator, data_batch=data_batch)
 
     def get_config(self):
         return {

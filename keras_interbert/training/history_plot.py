@@ -11,6 +11,7 @@ def plot_history(history, path, title="training"):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = sorted(k for k in history if not k.startswith("val_")
                    and k not in ("epoch", "learning_rate"))
@@ -31,6 +32,7 @@ def plot_history(history, path, title="training"):
             ax.legend(fontsize=8)
         ax.set_title(name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
