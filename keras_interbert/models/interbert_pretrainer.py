@@ -85,7 +85,7 @@ class InterBERTPretrainer(FunctionalBase):
 
         # === Training state ===
         self._objective = PretrainingObjective()
-        self._ablation_frozen = []
+        self._ablation_frozen = ()
         self._task_trackers = {
             name: keras.metrics.Mean(name=name)
             for task in ("msm", "mrm", "itm")
@@ -182,17 +182,22 @@ class InterBERTPretrainer(FunctionalBase):
         ]
 
     def _freeze_unused_variables(self, tasks):
-        for variable in self._ablation_frozen:
-            variable.trainable = True
-        frozen = []
-        for users, variables in self._task_variable_groups():
+        # Ids, not the variables: a list of variables set as an attribute
+        # would become variables of the pretrainer itself (and of its saves).
+        groups = self._task_variable_groups()
+        for _, variables in groups:
+            for variable in variables:
+                if id(variable) in self._ablation_frozen:
+                    variable.trainable = True
+        frozen = set()
+        for users, variables in groups:
             if any(task in tasks for task in users):
                 continue
             for variable in variables:
                 if variable.trainable:
                     variable.trainable = False
-                    frozen.append(variable)
-        self._ablation_frozen = frozen
+                    frozen.add(id(variable))
+        self._ablation_frozen = tuple(sorted(frozen))
 
     def _check_no_sample_weight(self, sample_weight):
         if sample_weight is not None:
@@ -234,7 +239,7 @@ class InterBERTPretrainer(FunctionalBase):
         return loss
 
     def pretraining_losses(self, y, y_pred):
-        """The logged values of one batch: total and per-task losses, accuracies.
+        """Total and per-task losses and accuracies of one batch.
 
         For evaluation and checks outside `fit`; updates no metric.
         """

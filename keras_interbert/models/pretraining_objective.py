@@ -1,0 +1,171 @@
+"""The InterBERT pretraining objective (spec section 3.4), in `keras.ops`.
+
+The objective is split in two so that it is exact under data parallelism:
+`statistics` gives per-batch *sums* (loss sums, target counts, correct
+predictions) over the examples a replica sees, and `combine` divides the
+local loss sums by the *global* counts. Summed over replicas, the local
+losses (and so their gradients) are the single-device loss on the whole
+batch, whatever share of the targets each replica holds.
+"""
+from keras import ops
+
+TASKS = ("msm", "mrm", "itm")
+
+# The `y` entries each task reads.
+TARGET_KEYS = {
+    "msm": ("msm_labels", "msm_weights"),
+    "mrm": ("mrm_targets", "mrm_weights", "itm_labels"),
+    "itm": ("itm_labels",),
+}
+
+# The metrics each task logs, and the count that weights each of them when
+# averaged over steps (so an epoch value is a sum over targets divided by the
+# number of targets).
+TASK_METRICS = {
+    "msm": (("msm_loss", "msm_count"), ("msm_accuracy", "msm_count")),
+    "mrm": (("mrm_loss", "mrm_count"),),
+    "itm": (("itm_loss", "itm_count"), ("itm_accuracy", "itm_count")),
+}
+
+_TINY = 1e-30
+
+
+def _log_softmax(logits):
+    return logits - ops.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def _label_cross_entropy(logits, labels):
+    """`-log softmax(logits)[label]` without materialising the log-softmax."""
+    labels = ops.expand_dims(ops.cast(labels, "int32"), -1)
+    picked = ops.squeeze(ops.take_along_axis(logits, labels, axis=-1), -1)
+    return ops.logsumexp(logits, axis=-1) - picked
+
+
+def _hits(logits, labels):
+    predicted = ops.cast(ops.argmax(logits, axis=-1), "int32")
+    return ops.cast(ops.equal(predicted, ops.cast(labels, "int32")), "float32")
+
+
+class PretrainingObjective:
+    """Masked segment + masked region + image-text matching losses.
+
+    - MSM: cross-entropy at the text positions with `msm_weights` (1.0 at the
+      targets), negative pairs included: `sum(w * CE) / max(sum(w), 1)`.
+    - MRM: `KL(target || softmax(logits))` summed over classes, over the
+      regions with `mrm_weights` of *matched* pairs only (`itm_labels == 0`),
+      divided by their number (at least 1).
+    - ITM: 2-way cross-entropy, mean over the batch.
+
+    Total = `msm_weight * MSM + mrm_weight * MRM + itm_weight * ITM`. A weight
+    of 0 switches its task off: its loss is not computed at all.
+
+    Args:
+        msm_weight: float. Weight of the masked-segment loss.
+        mrm_weight: float. Weight of the masked-region loss.
+        itm_weight: float. Weight of the image-text matching loss.
+    """
+
+    def __init__(self, msm_weight=1.0, mrm_weight=1.0, itm_weight=1.0):
+        weights = {"msm": msm_weight, "mrm": mrm_weight, "itm": itm_weight}
+        for task, weight in weights.items():
+            if weight is None or not float(weight) >= 0.0:
+                raise ValueError(
+                    f"`{task}_weight` must be a number >= 0 (0 switches the "
+                    f"task off); received {weight!r}."
+                )
+        self.weights = {task: float(w) for task, w in weights.items()}
+        self.tasks = tuple(t for t in TASKS if self.weights[t] > 0.0)
+        if not self.tasks:
+            raise ValueError(
+                "At least one of `msm_weight`, `mrm_weight`, `itm_weight` "
+                "must be > 0; received all 0."
+            )
+
+    def metric_names(self):
+        return [name for task in self.tasks for name, _ in TASK_METRICS[task]]
+
+    def metric_counts(self):
+        return {name: count for task in self.tasks
+                for name, count in TASK_METRICS[task]}
+
+    def check_targets(self, y):
+        if not isinstance(y, dict):
+            raise ValueError(
+                "InterBERTPretrainer targets `y` must be a dict with keys "
+                f"{sorted({k for t in self.tasks for k in TARGET_KEYS[t]})}; "
+                f"received {type(y).__name__}."
+            )
+        for task in self.tasks:
+            missing = [k for k in TARGET_KEYS[task] if k not in y]
+            if missing:
+                raise ValueError(
+                    f"InterBERTPretrainer targets: the {task.upper()} task "
+                    f"needs {list(TARGET_KEYS[task])}; missing {missing} "
+                    f"(received keys {sorted(y)})."
+                )
+
+    def statistics(self, y, y_pred):
+        """Per-batch sums, in float32, over the examples given.
+
+        Returns a dict with `batch_size` and, per enabled task, `<task>_sum`
+        (the loss summed over targets), `<task>_count` (the number of
+        targets) and, for MSM and ITM, `<task>_correct`.
+        """
+        self.check_targets(y)
+        some_logits = y_pred[f"{self.tasks[0]}_logits"]
+        stats = {"batch_size": ops.cast(ops.shape(some_logits)[0], "float32")}
+        if "msm" in self.tasks:
+            logits = ops.cast(y_pred["msm_logits"], "float32")
+            weights = ops.cast(y["msm_weights"], "float32")
+            labels = y["msm_labels"]
+            stats["msm_sum"] = ops.sum(
+                weights * _label_cross_entropy(logits, labels))
+            stats["msm_count"] = ops.sum(weights)
+            stats["msm_correct"] = ops.sum(weights * _hits(logits, labels))
+        if "mrm" in self.tasks:
+            logits = ops.cast(y_pred["mrm_logits"], "float32")
+            targets = ops.cast(y["mrm_targets"], "float32")
+            matched = ops.cast(
+                ops.equal(ops.cast(y["itm_labels"], "int32"), 0), "float32")
+            weights = ops.cast(y["mrm_weights"], "float32")
+            weights = weights * ops.expand_dims(matched, -1)
+            # 0 * log(0) = 0: the target's entropy term only where t > 0.
+            target_log_target = targets * ops.log(
+                ops.maximum(targets, _TINY))
+            kl = ops.sum(target_log_target - targets * _log_softmax(logits),
+                         axis=-1)
+            stats["mrm_sum"] = ops.sum(weights * kl)
+            stats["mrm_count"] = ops.sum(weights)
+        if "itm" in self.tasks:
+            logits = ops.cast(y_pred["itm_logits"], "float32")
+            labels = y["itm_labels"]
+            stats["itm_sum"] = ops.sum(_label_cross_entropy(logits, labels))
+            stats["itm_count"] = ops.cast(ops.shape(logits)[0], "float32")
+            stats["itm_correct"] = ops.sum(_hits(logits, labels))
+        return stats
+
+    def combine(self, stats, totals):
+        """The loss to differentiate and the global values to log.
+
+        `stats` are this replica's sums, `totals` the same sums over all
+        replicas (equal to `stats` on one device). Returns `(loss, values)`:
+        `loss` is this replica's share of the total (local sums over global
+        counts), `values` the global `loss` and per-task metrics.
+        """
+        loss = 0.0
+        values = {"loss": 0.0}
+        for task in self.tasks:
+            count = ops.maximum(totals[f"{task}_count"], 1.0)
+            weight = self.weights[task]
+            loss = loss + weight * stats[f"{task}_sum"] / count
+            task_loss = totals[f"{task}_sum"] / count
+            values[f"{task}_loss"] = task_loss
+            values["loss"] = values["loss"] + weight * task_loss
+            if f"{task}_correct" in totals:
+                values[f"{task}_accuracy"] = totals[f"{task}_correct"] / count
+        return loss, values
+
+    def __call__(self, y, y_pred):
+        """The per-task and total losses of one batch on one device."""
+        stats = self.statistics(y, y_pred)
+        return self.combine(stats, stats)[1]

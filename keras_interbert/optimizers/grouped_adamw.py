@@ -1,0 +1,163 @@
+import re
+
+import keras
+from keras import ops
+
+
+def _compile(patterns, what):
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except (re.error, TypeError) as e:
+            raise ValueError(
+                f"GroupedAdamW `{what}`: {pattern!r} is not a regular "
+                f"expression ({e})."
+            ) from None
+    return compiled
+
+
+@keras.saving.register_keras_serializable(package="keras_interbert")
+class GroupedAdamW(keras.optimizers.AdamW):
+    """AdamW with per-variable learning-rate multipliers and decay groups.
+
+    Variables are put in groups by regular expressions searched in their
+    `path` (e.g. `"text_stream_layer_3/feedforward_output_dense/kernel"`):
+    a variable whose path matches a `learning_rate_multipliers` pattern is
+    updated with `learning_rate * multiplier` (the first matching pattern
+    wins), and one matching a `no_decay_patterns` pattern gets no weight
+    decay. Everything else is Keras `AdamW`: bias-corrected moments,
+    decoupled weight decay `variable -= lr * weight_decay * variable`
+    (with the variable's own `lr`), schedules, EMA, gradient accumulation.
+
+    Three things differ from `keras.optimizers.AdamW`, each to keep one
+    optimizer correct under every backend and `tf.distribute`:
+
+    - `clipnorm` clips each variable's gradient inside `update_step`, that is
+      after the gradients of all replicas have been summed. Keras clips
+      before the cross-replica sum, which under `MirroredStrategy` clips each
+      replica's share instead of the gradient.
+    - Weight decay is applied in `update_step` with the variable's own
+      learning rate (`lr * multiplier`), so a 0.1x group also decays 0.1x.
+    - A `LearningRateSchedule` is evaluated at the optimizer-update count
+      (`iterations`), not at the micro-batch count: with
+      `gradient_accumulation_steps=k` the schedule advances once per `k`
+      batches.
+
+    Args:
+        learning_rate: float or `LearningRateSchedule`. The base rate.
+        weight_decay: float. Decoupled weight decay rate.
+        learning_rate_multipliers: list of `(pattern, multiplier)` pairs.
+        no_decay_patterns: list of patterns of variables without decay.
+        **kwargs: every other `keras.optimizers.AdamW` argument (`beta_1`,
+            `beta_2`, `epsilon`, `clipnorm`, `gradient_accumulation_steps`...).
+
+    Examples:
+    ```python
+    optimizer = GroupedAdamW(
+        learning_rate=1e-4,
+        weight_decay=0.01,
+        learning_rate_multipliers=[(r"(^|/)text_stream_layer_\\d+/", 0.1)],
+        no_decay_patterns=[r"bias$", r"layer_norm"],
+        clipnorm=1.0,
+    )
+    ```
+    """
+
+    def __init__(self, learning_rate=0.001, weight_decay=0.01,
+                 learning_rate_multipliers=(), no_decay_patterns=(),
+                 **kwargs):
+        super().__init__(
+            learning_rate=learning_rate, weight_decay=weight_decay, **kwargs
+        )
+        pairs = []
+        for item in learning_rate_multipliers:
+            if len(item) != 2:
+                raise ValueError(
+                    "GroupedAdamW `learning_rate_multipliers`: expected "
+                    f"(pattern, multiplier) pairs; received {item!r}."
+                )
+            pairs.append((str(item[0]), float(item[1])))
+        self.learning_rate_multipliers = pairs
+        self.no_decay_patterns = [str(p) for p in no_decay_patterns]
+        self._multiplier_res = _compile(
+            [p for p, _ in pairs], "learning_rate_multipliers")
+        self._no_decay_res = _compile(self.no_decay_patterns,
+                                      "no_decay_patterns")
+
+    def learning_rate_multiplier(self, variable):
+        """The factor on the learning rate of `variable` (1.0 if no group)."""
+        path = getattr(variable, "path", variable.name)
+        for regex, (_, multiplier) in zip(self._multiplier_res,
+                                          self.learning_rate_multipliers):
+            if regex.search(path):
+                return multiplier
+        return 1.0
+
+    def uses_weight_decay(self, variable):
+        """Whether `variable` is decayed (a non-zero rate and no exclusion)."""
+        if not self.weight_decay:
+            return False
+        path = getattr(variable, "path", variable.name)
+        return not any(regex.search(path) for regex in self._no_decay_res)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._variable_multipliers = [
+            self.learning_rate_multiplier(v) for v in variables]
+        self._variable_decays = [self.uses_weight_decay(v) for v in variables]
+
+    def _get_current_learning_rate(self):
+        if isinstance(self._learning_rate,
+                      keras.optimizers.schedules.LearningRateSchedule):
+            return self._learning_rate(self.iterations)
+        return super()._get_current_learning_rate()
+
+    def _clip_gradients(self, grads):
+        if self.clipnorm:
+            return grads  # per variable in `update_step`, after the all-reduce
+        return super()._clip_gradients(grads)
+
+    def _apply_weight_decay(self, variables):
+        return  # in `update_step`, with the variable's own learning rate
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
+        learning_rate = ops.multiply(
+            ops.cast(learning_rate, variable.dtype),
+            self._variable_multipliers[index],
+        )
+        gradient = ops.cast(ops.convert_to_tensor(gradient), variable.dtype)
+        if self.clipnorm:
+            gradient = _clip_by_norm(gradient, self.clipnorm)
+        if self._variable_decays[index]:
+            self.assign_sub(
+                variable,
+                ops.multiply(
+                    variable, ops.multiply(learning_rate, self.weight_decay)
+                ),
+            )
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "learning_rate_multipliers": [
+                    [p, m] for p, m in self.learning_rate_multipliers],
+                "no_decay_patterns": list(self.no_decay_patterns),
+            }
+        )
+        return config
+
+
+def _clip_by_norm(gradient, clipnorm):
+    squared = ops.sum(ops.square(gradient))
+    # The `where` keeps the gradient of `sqrt` finite at 0.
+    norm = ops.sqrt(ops.where(squared > 0, squared, ops.ones_like(squared)))
+    norm = ops.where(squared > 0, norm, ops.zeros_like(norm))
+    return ops.divide(
+        ops.multiply(gradient, clipnorm), ops.maximum(norm, clipnorm)
+    )
