@@ -53,8 +53,21 @@ def caption_owner(index):
     return owner
 
 
+def dense_targets(x, y):
+    """`msm_labels`, `msm_weights` over all T positions, from the gathered ones."""
+    labels = np.zeros_like(x["token_ids"])
+    weights = np.zeros(x["token_ids"].shape, "float32")
+    for row, positions in enumerate(x["msm_positions"]):
+        for j, p in enumerate(positions):
+            if y["msm_weights"][row, j] > 0:
+                assert weights[row, p] == 0  # each position at most once
+                labels[row, p] = y["msm_labels"][row, j]
+                weights[row, p] = y["msm_weights"][row, j]
+    return labels, weights
+
+
 def test_batch_layout(bundled, tokenizer):
-    (x, y), = numpy_batches(make(bundled, tokenizer), 1)
+    (x, y), = numpy_batches(make(bundled, tokenizer, msm_positions=False), 1)
     assert {k: v.shape for k, v in x.items()} == {
         "token_ids": (8, 36), "segment_ids": (8, 36), "text_mask": (8, 36),
         "region_features": (8, 7, 16), "region_locations": (8, 7, 5),
@@ -102,7 +115,8 @@ def test_text_targets_are_the_true_word_pieces(bundled, tokenizer):
     ds, index = examples(bundled, tokenizer)
     texts = [t.decode() for t in index.texts.numpy()]
     elements = list(ds.take(8).as_numpy_iterator())
-    (x, y), = numpy_batches(make(bundled, tokenizer, shuffle_buffer=16), 1)
+    (x, y), = numpy_batches(make(bundled, tokenizer, shuffle_buffer=16,
+                                 msm_positions=False), 1)
     assert sum(y["msm_weights"].sum(1) > 0) >= 4
     for row, e in enumerate(elements):
         expected = [101] + hf.convert_tokens_to_ids(
@@ -174,7 +188,7 @@ def test_length_buckets_keep_a_fixed_set_of_shapes(bundled, tokenizer):
         length = x["token_ids"].shape[1]
         shapes.add(length)
         assert x["text_mask"].sum(1).max() <= length
-        assert y["msm_labels"].shape[1] == length
+        assert y["msm_labels"].shape[1] == x["msm_positions"].shape[1] <= length
     assert shapes <= {12, 20, 36} and len(shapes) >= 2
 
 
@@ -207,5 +221,30 @@ def test_batches_feed_the_model_under_this_backend(bundled, tokenizer):
     model = InterBERTPretrainer(InterBERTBackbone(**config), num_region_classes=49)
     x, y = next(iter(make(bundled, tokenizer)))
     outputs = model({k: keras.ops.convert_to_tensor(v.numpy()) for k, v in x.items()})
-    assert tuple(outputs["msm_logits"].shape) == (8, 36, 30522)
+    width = x["msm_positions"].shape[1]
+    assert tuple(outputs["msm_logits"].shape) == (8, width, 30522)
     assert tuple(outputs["mrm_logits"].shape) == (8, 7, 49)
+    model.compile(optimizer="adam")
+    logs = model.train_on_batch(
+        {k: keras.ops.convert_to_tensor(v.numpy()) for k, v in x.items()},
+        {k: keras.ops.convert_to_tensor(v.numpy()) for k, v in y.items()},
+        return_dict=True)
+    assert np.isfinite(logs["loss"]) and logs["msm_loss"] > 0
+
+
+def test_gathered_msm_targets_match_the_dense_ones(bundled, tokenizer):
+    dense = numpy_batches(make(bundled, tokenizer, msm_positions=False), 3)
+    gathered = numpy_batches(make(bundled, tokenizer), 3)
+    for (xd, yd), (xg, yg) in zip(dense, gathered):
+        width = xg["msm_positions"].shape[1]
+        assert width % 8 == 0 or width == xd["token_ids"].shape[1]
+        assert width >= (yd["msm_weights"] > 0).sum(1).max()
+        labels, weights = dense_targets(xg, yg)
+        np.testing.assert_array_equal(weights, yd["msm_weights"])
+        np.testing.assert_array_equal(labels, yd["msm_labels"])
+        np.testing.assert_array_equal(xg["token_ids"], xd["token_ids"])
+        # Targets come first, in sequence order.
+        for row in range(len(xg["msm_positions"])):
+            count = int((yg["msm_weights"][row] > 0).sum())
+            assert (yg["msm_weights"][row, count:] == 0).all()
+            assert (np.diff(xg["msm_positions"][row, :count]) > 0).all()

@@ -71,6 +71,11 @@ class PretrainingDataConfig:
         captions_per_image: `"one"` (one example per image per pass, with a
             caption drawn from the image's captions; Conceptual Captions has
             one caption per image) or `"all"` (one example per caption).
+        msm_positions: add `x["msm_positions"]` [B, M] (the target
+            positions, M = the batch's largest target count rounded up to a
+            multiple of 8) and give `msm_labels`/`msm_weights` at those
+            positions, so the model computes vocabulary logits only there.
+            Off: labels and weights over all T positions.
         repeat: repeat the data indefinitely (new masks every pass).
         drop_remainder: drop a final partial batch (fixed shapes).
     """
@@ -91,6 +96,7 @@ class PretrainingDataConfig:
     worker_index: int = 0
     bucket_lengths: tuple = ()
     captions_per_image: str = "one"
+    msm_positions: bool = True
     repeat: bool = False
     drop_remainder: bool = True
 
@@ -387,14 +393,26 @@ def _mask_batch(batch, index, tokenizer, config):
             tokenizer.mask_id, cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id,
             probability=config.msm_token_probability)
 
-    x = {
+    x = {}
+    if config.msm_positions:
+        # Target positions first (in order), padded with weight-0 entries to
+        # a multiple of 8: exact, and only a handful of shapes to compile.
+        counts = tf.reduce_sum(tf.cast(msm_weights > 0, tf.int32), axis=1)
+        width = tf.minimum(tf.shape(token_ids)[1],
+                           8 * ((tf.maximum(tf.reduce_max(counts), 1) + 7) // 8))
+        order = tf.argsort(tf.cast(msm_weights > 0, tf.int32), axis=1,
+                           direction="DESCENDING", stable=True)[:, :width]
+        x["msm_positions"] = order
+        msm_labels = tf.gather(msm_labels, order, batch_dims=1)
+        msm_weights = tf.gather(msm_weights, order, batch_dims=1)
+    x.update({
         "token_ids": masked_ids,
         "segment_ids": tf.zeros_like(masked_ids),
         "text_mask": text_mask,
         "region_features": batch["region_features"],
         "region_locations": batch["region_locations"],
         "region_mask": batch["region_mask"],
-    }
+    })
     y = {
         "msm_labels": msm_labels,
         "msm_weights": msm_weights,

@@ -25,11 +25,18 @@ class FunctionalBase(keras.Model):
             return object.__setattr__(self, name, value)
         return super().__setattr__(name, value)
 
+    # Inputs a model accepts beyond the backbone's six.
+    extra_input_names = ()
+
     def _image_feature_dim(self):
         raise NotImplementedError
 
     def __call__(self, inputs, *args, **kwargs):
+        checked = inputs
+        if isinstance(inputs, dict) and self.extra_input_names:
+            checked = {k: v for k, v in inputs.items()
+                       if k not in self.extra_input_names}
         check_backbone_inputs(
-            inputs, self._image_feature_dim(), type(self).__name__
+            checked, self._image_feature_dim(), type(self).__name__
         )
         return super().__call__(inputs, *args, **kwargs)

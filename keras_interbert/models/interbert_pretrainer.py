@@ -92,8 +92,27 @@ class InterBERTPretrainer(FunctionalBase):
             for name, _ in TASK_METRICS[task]
         }
 
+    extra_input_names = ("msm_positions",)
+
     def _image_feature_dim(self):
         return self.backbone.image_feature_dim
+
+    def call(self, inputs, training=None, mask=None):
+        # With `msm_positions` ([B, M] int) the masked-segment head computes
+        # vocabulary logits only there ([B, M, V]): where its cost goes.
+        if not (isinstance(inputs, dict) and "msm_positions" in inputs):
+            return super().call(inputs, training=training, mask=mask)
+        features = self.backbone(
+            {k: v for k, v in inputs.items() if k != "msm_positions"},
+            training=training)
+        return {
+            "msm_logits": self.msm_head(features["text_sequence"],
+                                        positions=inputs["msm_positions"]),
+            "mrm_logits": self.mrm_head(features["image_sequence"]),
+            "itm_logits": self.itm_head(features["text_pooled"],
+                                        features["image_pooled"],
+                                        training=training),
+        }
 
     # === Training ===
 
