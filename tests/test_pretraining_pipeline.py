@@ -67,7 +67,8 @@ def dense_targets(x, y):
 
 
 def test_batch_layout(bundled, tokenizer):
-    (x, y), = numpy_batches(make(bundled, tokenizer, msm_positions=False), 1)
+    (x, y), = numpy_batches(make(bundled, tokenizer, msm_positions=False,
+                                 mrm_positions=False), 1)
     assert {k: v.shape for k, v in x.items()} == {
         "token_ids": (8, 36), "segment_ids": (8, 36), "text_mask": (8, 36),
         "region_features": (8, 7, 16), "region_locations": (8, 7, 5),
@@ -138,7 +139,7 @@ def test_region_masking_and_global_slot(bundled, tokenizer):
     raw = {e["image_id"].decode(): e for e in region_dataset(
         os.path.join(bundled, "regions"), split="train").as_numpy_iterator()}
     ds, index = examples(bundled, tokenizer, mrm_probability=0.5,
-                         shuffle_buffer=0)
+                         shuffle_buffer=0, mrm_positions=False)
     seen_masked = 0
     for e in ds.take(40).as_numpy_iterator():
         image_id = index.image_ids[e["image_index"]]
@@ -152,9 +153,11 @@ def test_region_masking_and_global_slot(bundled, tokenizer):
         # Original pretraining code: the mean of the masked features over the
         # number of real regions.
         np.testing.assert_allclose(e["region_features"][0], feats.sum(0) / n, atol=1e-5)
-        np.testing.assert_allclose(e["mrm_targets"][1:n + 1][masked],
-                                   source["class_probs"][:n][masked], atol=1e-6)
-        assert (e["mrm_targets"][1:n + 1][~masked] == 0).all()
+        # Targets are the stored distributions; the weights pick the zeroed
+        # regions (and never the global slot or padding).
+        np.testing.assert_allclose(e["mrm_targets"][1:n + 1],
+                                   source["class_probs"][:n], atol=1e-6)
+        assert e["mrm_weights"][0] == 0 and (e["mrm_targets"][0] == 0).all()
         assert (e["mrm_weights"][n + 1:] == 0).all()
     assert seen_masked > 10
 
@@ -223,7 +226,7 @@ def test_batches_feed_the_model_under_this_backend(bundled, tokenizer):
     outputs = model({k: keras.ops.convert_to_tensor(v.numpy()) for k, v in x.items()})
     width = x["msm_positions"].shape[1]
     assert tuple(outputs["msm_logits"].shape) == (8, width, 30522)
-    assert tuple(outputs["mrm_logits"].shape) == (8, 7, 49)
+    assert tuple(outputs["mrm_logits"].shape) == (8, x["mrm_positions"].shape[1], 49)
     model.compile(optimizer="adam")
     logs = model.train_on_batch(
         {k: keras.ops.convert_to_tensor(v.numpy()) for k, v in x.items()},
@@ -248,3 +251,22 @@ def test_gathered_msm_targets_match_the_dense_ones(bundled, tokenizer):
             count = int((yg["msm_weights"][row] > 0).sum())
             assert (yg["msm_weights"][row, count:] == 0).all()
             assert (np.diff(xg["msm_positions"][row, :count]) > 0).all()
+
+
+def test_gathered_mrm_targets_match_the_dense_ones(bundled, tokenizer):
+    dense = numpy_batches(make(bundled, tokenizer, mrm_positions=False,
+                               mrm_probability=0.4), 3)
+    gathered = numpy_batches(make(bundled, tokenizer, mrm_probability=0.4), 3)
+    total = 0
+    for (xd, yd), (xg, yg) in zip(dense, gathered):
+        width = xg["mrm_positions"].shape[1]
+        assert width % 4 == 0 and width >= (yd["mrm_weights"] > 0).sum(1).max()
+        np.testing.assert_array_equal(xg["region_features"], xd["region_features"])
+        for row in range(len(xg["mrm_positions"])):
+            real = yg["mrm_weights"][row] > 0
+            slots = xg["mrm_positions"][row][real]
+            np.testing.assert_array_equal(slots, np.flatnonzero(yd["mrm_weights"][row]))
+            np.testing.assert_array_equal(yg["mrm_targets"][row][real],
+                                          yd["mrm_targets"][row][slots])
+            total += real.sum()
+    assert total > 10

@@ -26,6 +26,9 @@ All randomness is stateless and keyed on `(seed, example index)`, so a seed
 gives the same batches every time; each epoch (with `repeat`) gets new
 masks. Batches are `(x, y)`: `x` the six backbone inputs, `y` a dict of
 `msm_labels`, `msm_weights`, `mrm_targets`, `mrm_weights`, `itm_labels`.
+`mrm_targets` holds every slot's stored class distribution (float16, as
+stored; the loss works in float32); only the slots with `mrm_weights` 1.0
+(the zeroed regions) are targets.
 """
 import dataclasses
 import os
@@ -76,6 +79,10 @@ class PretrainingDataConfig:
             multiple of 8) and give `msm_labels`/`msm_weights` at those
             positions, so the model computes vocabulary logits only there.
             Off: labels and weights over all T positions.
+        mrm_positions: likewise for regions: `x["mrm_positions"]` [B, K]
+            (the zeroed regions' slots, K = the batch's largest count rounded
+            up to a multiple of 4) with `mrm_targets` [B, K, C] and
+            `mrm_weights` [B, K]. Off: targets and weights over all R+1 slots.
         repeat: repeat the data indefinitely (new masks every pass).
         drop_remainder: drop a final partial batch (fixed shapes).
     """
@@ -97,6 +104,7 @@ class PretrainingDataConfig:
     bucket_lengths: tuple = ()
     captions_per_image: str = "one"
     msm_positions: bool = True
+    mrm_positions: bool = True
     repeat: bool = False
     drop_remainder: bool = True
 
@@ -240,10 +248,11 @@ def _examples(paths, index, tokenizer, config):
     T, R = config.sequence_length, config.max_regions
     if len(paths) >= config.num_workers:
         paths = paths[config.worker_index::config.num_workers]
-        records = region_dataset(paths)
+        records = region_dataset(paths, class_probs_dtype=tf.float16)
     else:
-        records = region_dataset(paths).shard(config.num_workers,
-                                              config.worker_index)
+        records = region_dataset(
+            paths, class_probs_dtype=tf.float16).shard(config.num_workers,
+                                                       config.worker_index)
     if config.shuffle_buffer:
         records = records.shuffle(config.shuffle_buffer, seed=seed,
                                   reshuffle_each_iteration=True)
@@ -308,11 +317,13 @@ def _batches(ds, index, tokenizer, config):
 
         ds = ds.group_by_window(
             key_func=bucket,
-            reduce_func=lambda key, window: window.batch(
+            reduce_func=lambda key, window: window.padded_batch(
                 config.batch_size, drop_remainder=config.drop_remainder),
             window_size=config.batch_size)
     else:
-        ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
+        # Padding only changes the variable-length MRM target lists.
+        ds = ds.padded_batch(config.batch_size,
+                             drop_remainder=config.drop_remainder)
     ds = ds.map(lambda b: _mask_batch(b, index, tokenizer, config),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
@@ -349,19 +360,29 @@ def _mask_regions(example, seed, config):
                   constant_values=1.0)
     masked = example["features"] * keep[:, tf.newaxis]
     regions = to_backbone_regions(example, max_regions=R, features=masked,
-                                  global_feature="kept_regions")
+                                  global_feature="kept_regions",
+                                  include_class_probs=False)
     features = regions["region_features"]
     if config.global_feature == "unmasked_mean":
         unmasked = tf.reduce_mean(example["features"][:R], axis=0, keepdims=True)
         features = tf.concat([unmasked, features[1:]], axis=0)
-    mrm_weights = tf.pad(tf.cast(targets, tf.float32), [[1, R - kept]])
-    return {
+    regions = {
         "region_features": features,
         "region_locations": regions["region_locations"],
         "region_mask": regions["region_mask"],
-        "mrm_targets": regions["region_class_probs"] * mrm_weights[:, tf.newaxis],
-        "mrm_weights": mrm_weights,
     }
+    if config.mrm_positions:
+        # Only the targets travel: their slots and stored distributions.
+        chosen = tf.cast(tf.where(targets > 0)[:, 0], tf.int32)
+        regions["mrm_positions"] = chosen + 1  # slot 0 is the global token
+        regions["mrm_targets"] = tf.gather(example["class_probs"], chosen)
+        regions["mrm_weights"] = tf.ones_like(chosen, tf.float32)
+    else:
+        regions["mrm_targets"] = tf.pad(
+            example["class_probs"][:R], [[1, R - kept], [0, 0]])
+        regions["mrm_weights"] = tf.pad(tf.cast(targets, tf.float32),
+                                        [[1, R - kept]])
+    return regions
 
 
 def _mask_batch(batch, index, tokenizer, config):
@@ -405,6 +426,16 @@ def _mask_batch(batch, index, tokenizer, config):
         x["msm_positions"] = order
         msm_labels = tf.gather(msm_labels, order, batch_dims=1)
         msm_weights = tf.gather(msm_weights, order, batch_dims=1)
+    mrm = {k: batch[k] for k in ("mrm_targets", "mrm_weights")}
+    if config.mrm_positions:
+        # The batch's largest target count, rounded up to a multiple of 4
+        # (at least 4): few shapes to compile. Padding has weight 0.
+        count = tf.shape(batch["mrm_positions"])[1]
+        pad = 4 * ((tf.maximum(count, 1) + 3) // 4) - count
+        x["mrm_positions"] = tf.pad(batch["mrm_positions"], [[0, 0], [0, pad]])
+        mrm["mrm_weights"] = tf.pad(mrm["mrm_weights"], [[0, 0], [0, pad]])
+        mrm["mrm_targets"] = tf.pad(mrm["mrm_targets"],
+                                    [[0, 0], [0, pad], [0, 0]])
     x.update({
         "token_ids": masked_ids,
         "segment_ids": tf.zeros_like(masked_ids),
@@ -416,8 +447,8 @@ def _mask_batch(batch, index, tokenizer, config):
     y = {
         "msm_labels": msm_labels,
         "msm_weights": msm_weights,
-        "mrm_targets": batch["mrm_targets"],
-        "mrm_weights": batch["mrm_weights"],
+        "mrm_targets": mrm["mrm_targets"],
+        "mrm_weights": mrm["mrm_weights"],
         "itm_labels": batch["itm_labels"],
     }
     return x, y

@@ -92,23 +92,30 @@ class InterBERTPretrainer(FunctionalBase):
             for name, _ in TASK_METRICS[task]
         }
 
-    extra_input_names = ("msm_positions",)
+    extra_input_names = ("msm_positions", "mrm_positions")
 
     def _image_feature_dim(self):
         return self.backbone.image_feature_dim
 
     def call(self, inputs, training=None, mask=None):
         # With `msm_positions` ([B, M] int) the masked-segment head computes
-        # vocabulary logits only there ([B, M, V]): where its cost goes.
-        if not (isinstance(inputs, dict) and "msm_positions" in inputs):
+        # vocabulary logits only there ([B, M, V]), where its cost goes; with
+        # `mrm_positions` ([B, K] int) the region head only at those slots.
+        if not (isinstance(inputs, dict)
+                and any(k in inputs for k in self.extra_input_names)):
             return super().call(inputs, training=training, mask=mask)
         features = self.backbone(
-            {k: v for k, v in inputs.items() if k != "msm_positions"},
+            {k: v for k, v in inputs.items()
+             if k not in self.extra_input_names},
             training=training)
+        image = features["image_sequence"]
+        if "mrm_positions" in inputs:
+            slots = ops.expand_dims(ops.cast(inputs["mrm_positions"], "int32"), -1)
+            image = ops.take_along_axis(image, slots, axis=1)
         return {
             "msm_logits": self.msm_head(features["text_sequence"],
-                                        positions=inputs["msm_positions"]),
-            "mrm_logits": self.mrm_head(features["image_sequence"]),
+                                        positions=inputs.get("msm_positions")),
+            "mrm_logits": self.mrm_head(image),
             "itm_logits": self.itm_head(features["text_pooled"],
                                         features["image_pooled"],
                                         training=training),
