@@ -73,6 +73,9 @@ def parse_args(argv=None):
                        help="auto, true or false (passed to compile).")
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--verbose", type=int, default=1)
+    train.add_argument("--crash-after-steps", type=int, default=None,
+                       help="Testing aid: end the process abruptly (as a "
+                       "kill would) after this many steps of this attempt.")
     return p.parse_args(argv)
 
 
@@ -135,6 +138,7 @@ def main(argv=None):
     from keras_interbert.optimizers import BERT_INITIALISED_PATTERNS
     from keras_interbert.optimizers import pretraining_optimizer
     from keras_interbert.preprocessing import InterBERTTokenizer
+    from keras_interbert.training import ExactBackupAndRestore
     from keras_interbert.training import completed_epochs
     from keras_interbert.training import make_strategy
     from keras_interbert.training import plot_history
@@ -194,7 +198,7 @@ def main(argv=None):
     model({k: keras.ops.convert_to_tensor(v.numpy()) for k, v in first_x.items()})
 
     callbacks = [
-        keras.callbacks.BackupAndRestore(backup, save_freq="epoch"),
+        ExactBackupAndRestore(backup, save_freq="epoch"),
         keras.callbacks.ModelCheckpoint(
             os.path.join(args.out, "checkpoints", "epoch-{epoch:03d}.keras")),
         keras.callbacks.CSVLogger(os.path.join(args.out, "history.csv"),
@@ -203,6 +207,8 @@ def main(argv=None):
     if keras.config.backend() == "tensorflow" or _has_tensorflow():
         callbacks.append(keras.callbacks.TensorBoard(
             os.path.join(args.out, "tensorboard"), update_freq=10))
+    if args.crash_after_steps:
+        callbacks.append(_crash_after(args.crash_after_steps))
     os.makedirs(os.path.join(args.out, "checkpoints"), exist_ok=True)
     start = time.time()
     model.fit(train, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
@@ -233,6 +239,23 @@ def main(argv=None):
         json.dump(summary, f, indent=2)
     print(json.dumps(summary["final"], indent=2))
     return summary
+
+
+def _crash_after(steps):
+    import keras
+
+    class CrashAfter(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seen = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seen += 1
+            if self.seen >= steps:
+                sys.stdout.flush()
+                os._exit(3)
+
+    return CrashAfter()
 
 
 def _has_tensorflow():

@@ -1,4 +1,7 @@
 """Wiring shared by the recipes: strategies, resumable runs, plots."""
+from keras_interbert.training.exact_backup_and_restore import (
+    ExactBackupAndRestore,
+)
 from keras_interbert.training.history_plot import plot_history
 from keras_interbert.training.run_state import completed_epochs
 from keras_interbert.training.strategies import make_strategy
