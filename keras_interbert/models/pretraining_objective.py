@@ -46,6 +46,22 @@ def _hits(logits, labels):
     return ops.cast(ops.equal(predicted, ops.cast(labels, "int32")), "float32")
 
 
+def _count_rows(tensor):
+    """The batch size, computed from the data rather than from the shape.
+
+    A count read off a static shape is a constant: in a TensorFlow graph the
+    tracker update that adds it runs even when fetching the batch fails at the
+    end of a data set of unknown length, which adds a phantom empty batch to
+    every count-weighted metric.
+    """
+    first = ops.cast(ops.reshape(tensor, (ops.shape(tensor)[0], -1))[:, 0],
+                     "float32")
+    # A comparison with the values themselves, which graph optimisers cannot
+    # fold into a constant as they fold `ones_like` of a static shape.
+    present = ops.logical_or(ops.isnan(first), ops.logical_not(ops.isnan(first)))
+    return ops.sum(ops.cast(present, "float32"))
+
+
 class PretrainingObjective:
     """Masked segment + masked region + image-text matching losses.
 
@@ -113,7 +129,7 @@ class PretrainingObjective:
         """
         self.check_targets(y)
         some_logits = y_pred[f"{self.tasks[0]}_logits"]
-        stats = {"batch_size": ops.cast(ops.shape(some_logits)[0], "float32")}
+        stats = {"batch_size": _count_rows(some_logits)}
         if "msm" in self.tasks:
             logits = ops.cast(y_pred["msm_logits"], "float32")
             weights = ops.cast(y["msm_weights"], "float32")
@@ -140,7 +156,7 @@ class PretrainingObjective:
             logits = ops.cast(y_pred["itm_logits"], "float32")
             labels = y["itm_labels"]
             stats["itm_sum"] = ops.sum(_label_cross_entropy(logits, labels))
-            stats["itm_count"] = ops.cast(ops.shape(logits)[0], "float32")
+            stats["itm_count"] = _count_rows(logits)
             stats["itm_correct"] = ops.sum(_hits(logits, labels))
         return stats
 
