@@ -204,9 +204,9 @@ def main(argv=None):
         keras.callbacks.CSVLogger(os.path.join(args.out, "history.csv"),
                                   append=True),
     ]
-    if keras.config.backend() == "tensorflow" or _has_tensorflow():
-        callbacks.append(keras.callbacks.TensorBoard(
-            os.path.join(args.out, "tensorboard"), update_freq=10))
+    # TensorBoard's writer comes with TensorFlow, a dependency on every backend.
+    callbacks.append(keras.callbacks.TensorBoard(
+        os.path.join(args.out, "tensorboard"), update_freq=10))
     if args.crash_after_steps:
         callbacks.append(_crash_after(args.crash_after_steps))
     os.makedirs(os.path.join(args.out, "checkpoints"), exist_ok=True)
@@ -256,14 +256,6 @@ def _crash_after(steps):
                 os._exit(3)
 
     return CrashAfter()
-
-
-def _has_tensorflow():
-    try:
-        import tensorflow  # noqa: F401
-        return True
-    except ImportError:
-        return False
 
 
 def _read_csv(path):

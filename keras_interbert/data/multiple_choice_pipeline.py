@@ -47,7 +47,7 @@ import tensorflow as tf
 from keras_interbert.data.errors import PolicyHandler
 from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.retrieval_pipeline import as_region_table
-from keras_interbert.data.retrieval_pipeline import epoch_order
+from keras_interbert.data.retrieval_pipeline import batched_epochs
 from keras_interbert.preprocessing import InterBERTTextPacker
 
 TASKS = {"q_a": 60, "qa_r": 80}
@@ -360,11 +360,4 @@ def multiple_choice_dataset(regions, records, tokenizer, config=None,
             x[k] = tf.repeat(v[:, tf.newaxis], O, axis=1)
         return x, tf.gather(labels, index)
 
-    ds = epoch_order(len(records), config.seed, config.shuffle, config.repeat)
-    if config.num_workers > 1:
-        ds = ds.shard(config.num_workers, config.worker_index)
-    ds = ds.map(lambda position, item: item)
-    ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
-    ds = ds.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return batched_epochs(len(records), config, to_inputs)

@@ -399,6 +399,23 @@ def epoch_order(num_items, seed, shuffle, repeat):
     return epochs.flat_map(one_epoch)
 
 
+def batched_epochs(num_items, config, to_inputs):
+    """Item indices in seeded epochs, sharded, batched, then `to_inputs`.
+
+    `config` supplies `seed`, `shuffle`, `repeat`, `num_workers`,
+    `worker_index`, `batch_size` and `drop_remainder`; `to_inputs` maps a
+    batch of item indices to the model's `(x, y)`.
+    """
+    ds = epoch_order(num_items, config.seed, config.shuffle, config.repeat)
+    if config.num_workers > 1:
+        ds = ds.shard(config.num_workers, config.worker_index)
+    ds = ds.map(lambda position, item: item)
+    ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
+    ds = ds.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
 def _pack_captions(tokenizer, sequence_length):
     packer = InterBERTTextPacker(
         sequence_length, cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id,

@@ -34,7 +34,7 @@ import tensorflow as tf
 from keras_interbert.data.errors import PolicyHandler
 from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.region_features import read_captions
-from keras_interbert.data.retrieval_pipeline import epoch_order
+from keras_interbert.data.retrieval_pipeline import batched_epochs
 from keras_interbert.preprocessing import InterBERTTextPacker
 
 
@@ -248,15 +248,7 @@ def text_classification_dataset(data, tokenizer, config=None):
             return x
         return x, tf.gather(labels, index)
 
-    ds = epoch_order(data.num_examples, config.seed, config.shuffle,
-                     config.repeat)
-    if config.num_workers > 1:
-        ds = ds.shard(config.num_workers, config.worker_index)
-    ds = ds.map(lambda position, item: item)
-    ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
-    ds = ds.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return batched_epochs(data.num_examples, config, to_inputs)
 
 
 _CIRCLE = re.compile(r"\bcircles?\b")
