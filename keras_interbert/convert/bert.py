@@ -206,13 +206,13 @@ def _load_torch_named(pretrainer, state, label):
     for i, layer in enumerate(bb.single_stream_layers + bb.text_stream_layers):
         prefix = f"bert.encoder.layer.{i}"
         assign_transformer_layer(a, layer, torch_layer_getter(a, prefix), prefix)
-    extra = sorted(
-        int(m.group(1)) for n in state
-        if (m := re.match(r"bert\.encoder\.layer\.(\d+)\.attention\.self\.query\.weight$", n))
+    layers_in_checkpoint = sum(
+        1 for n in state
+        if re.match(r"bert\.encoder\.layer\.\d+\.attention\.self\.query\.weight$", n)
     )
-    if len(extra) != len(bb.single_stream_layers) + len(bb.text_stream_layers):
+    if layers_in_checkpoint != len(bb.single_stream_layers) + len(bb.text_stream_layers):
         raise ValueError(
-            f"{label}: has {len(extra)} encoder layers, the model "
+            f"{label}: has {layers_in_checkpoint} encoder layers, the model "
             f"{len(bb.single_stream_layers) + len(bb.text_stream_layers)}."
         )
     p = "cls.predictions"
