@@ -38,14 +38,13 @@ and `labels` the same batch size, so the batches split over replicas and
 devices along one axis.
 """
 import dataclasses
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from keras_interbert.data.errors import PolicyHandler
 from keras_interbert.data.errors import RegionDataError
+from keras_interbert.data.region_features import read_json_lines
 from keras_interbert.data.retrieval_pipeline import as_region_table
 from keras_interbert.data.retrieval_pipeline import batched_epochs
 from keras_interbert.preprocessing import InterBERTTextPacker
@@ -188,32 +187,12 @@ def read_multiple_choice(path, num_options=4, policy="raise", report=None,
     Returns the records in file order, each with a `source` key naming its
     file and line.
     """
-    handler = PolicyHandler(policy, report, what="multiple-choice records")
-    path = os.fspath(path)
-    out = []
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            record = f"line {line_no}"
-            try:
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise RegionDataError(f"not UTF-8 ({e}).", path, record,
-                                          kind="bad_multiple_choice") from None
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise RegionDataError(
-                        f"not valid JSON ({e.msg} at column {e.colno}).", path,
-                        record, kind="bad_multiple_choice") from None
-                out.append(validate_multiple_choice_record(
-                    obj, num_options, names_seed, path, record, line_no))
-            except RegionDataError as e:
-                handler.handle(e)
-    handler.finish()
-    return out
+    return read_json_lines(
+        path,
+        lambda obj, path, record, line_no: validate_multiple_choice_record(
+            obj, num_options, names_seed, path, record, line_no),
+        what="multiple-choice records", kind="bad_multiple_choice",
+        policy=policy, report=report)
 
 
 @dataclasses.dataclass

@@ -245,7 +245,7 @@ def _prepare(regions, captions, split):
 
 def _examples(paths, index, tokenizer, config):
     seed = config.seed
-    T, R = config.sequence_length, config.max_regions
+    T = config.sequence_length
     if len(paths) >= config.num_workers:
         paths = paths[config.worker_index::config.num_workers]
         records = region_dataset(paths, class_probs_dtype=tf.float16)

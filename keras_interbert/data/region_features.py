@@ -714,7 +714,23 @@ def read_captions(path, policy="raise", report=None):
     Returns:
         A list of dicts, in file order.
     """
-    handler = PolicyHandler(policy, report, what="captions")
+    return read_json_lines(
+        path, lambda obj, path, record, line_no: _validate_caption(
+            obj, path, record),
+        what="captions", kind="bad_caption", policy=policy, report=report)
+
+
+def read_json_lines(path, validate, what, kind, policy="raise", report=None):
+    """Read a JSON Lines file, one validated record per non-blank line.
+
+    `validate(obj, path, record, line_no)` returns the record to keep or
+    raises a `RegionDataError`; a line that is not UTF-8 or not JSON raises
+    one of `kind` naming the file and the line. Under `policy="skip"` bad
+    lines are dropped and added to `report`. Returns the records in file
+    order.
+    """
+    handler = PolicyHandler(policy, report, what=what)
+    path = os.fspath(path)
     out = []
     with open(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
@@ -723,10 +739,8 @@ def read_captions(path, policy="raise", report=None):
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise RegionDataError(
-                        f"not UTF-8 ({e}).", str(path), record,
-                        kind="bad_caption",
-                    ) from None
+                    raise RegionDataError(f"not UTF-8 ({e}).", path, record,
+                                          kind=kind) from None
                 if not line.strip():
                     continue
                 try:
@@ -734,9 +748,8 @@ def read_captions(path, policy="raise", report=None):
                 except json.JSONDecodeError as e:
                     raise RegionDataError(
                         f"not valid JSON ({e.msg} at column {e.colno}).",
-                        str(path), record, kind="bad_caption",
-                    ) from None
-                out.append(_validate_caption(obj, str(path), record))
+                        path, record, kind=kind) from None
+                out.append(validate(obj, path, record, line_no))
             except RegionDataError as e:
                 handler.handle(e)
     handler.finish()
