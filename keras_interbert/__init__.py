@@ -4,9 +4,15 @@ from keras_interbert.layers import InterBERTTransformerLayer
 from keras_interbert.layers import MaskedRegionHead
 from keras_interbert.layers import MaskedSegmentHead
 from keras_interbert.models import InterBERTBackbone
+from keras_interbert.models import InterBERTMultipleChoice
 from keras_interbert.models import InterBERTPretrainer
+from keras_interbert.models import InterBERTRetriever
+from keras_interbert.models import InterBERTTextClassifier
+from keras_interbert.models import ModelLoadError
+from keras_interbert.models import load_interbert
 from keras_interbert.models.pretraining_objective import PretrainingObjective
 from keras_interbert import optimizers
+from keras_interbert import training
 from keras_interbert.presets import list_presets
 from keras_interbert.presets import preset_vocabulary
 

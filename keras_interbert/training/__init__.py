@@ -5,3 +5,5 @@ from keras_interbert.training.exact_backup_and_restore import (
 from keras_interbert.training.history_plot import plot_history
 from keras_interbert.training.run_state import completed_epochs
 from keras_interbert.training.strategies import make_strategy
+from keras_interbert.training.finetuning import WarmupConstantStepDecay
+from keras_interbert.training.finetuning import finetuning_optimizer

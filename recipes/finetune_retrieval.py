@@ -1,0 +1,178 @@
+"""Finetune InterBERT for image-text retrieval (spec section 4.1) and evaluate it.
+
+Loads a pretrained model (a `.keras` file written by `recipes/pretrain.py` or
+a converter, a saved retriever, or a preset for a from-scratch baseline) with
+`keras.saving` in safe mode, keeps its matching head, and trains it with
+2-way cross-entropy on four pairs per caption (true, random caption, random
+image, hard negative from a nearest-neighbour pool of the training images).
+Learning rate with linear warmup over 10% of the steps, then constant, x0.1
+after the epochs given by `--decay-epochs`; optional EMA of the weights
+(`--ema-momentum 0.9999` as the paper, for long runs). After training it
+scores every caption of `--eval-split` against every image of the split
+(text->image and image->text Recall@1/5/10, median and mean rank) with the
+finetuned model, and writes into `--out`:
+
+    finetuned.keras        the retriever (what export and evaluation load)
+    metrics.json           training history, evaluation, settings
+    history.csv            per-epoch losses and accuracies
+    training_curves.png    loss and accuracy per epoch
+    evaluation/            scores, recall table and recall-at-K plot
+
+    KERAS_BACKEND=jax .venv/bin/python recipes/finetune_retrieval.py \
+        --init runs/pretrain/pretrained.keras --data runs/bundled-data-1000-d256 \
+        --out runs/retrieval --epochs 4 --batch-size 16
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="Run directory.")
+    p.add_argument("--init", required=True,
+                   help="A .keras InterBERT model (pretrainer, retriever or "
+                   "backbone) or a preset name (random weights).")
+    data = p.add_argument_group("data")
+    data.add_argument("--data", required=True,
+                      help="Folder with regions/ and captions_<language>.jsonl "
+                      "(the canonical layout; see docs/data.md).")
+    data.add_argument("--captions", default=None,
+                      help="Captions JSON Lines (default: "
+                      "<data>/captions_<language>.jsonl).")
+    data.add_argument("--language", choices=("en", "zh"), default="en")
+    data.add_argument("--sequence-length", type=int, default=30)
+    data.add_argument("--max-regions", type=int, default=101,
+                      help="Region slots after the global one (101: 102 slots).")
+    data.add_argument("--hard-negatives", default=None,
+                      help="A hard-negative pool .npz (default: built now "
+                      "from the training images, k=100).")
+    train = p.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--batch-size", type=int, default=64,
+                       help="Captions per step (each gives 4 pairs).")
+    train.add_argument("--steps-per-epoch", type=int, default=None,
+                       help="Default: one pass over the training captions.")
+    train.add_argument("--learning-rate", type=float, default=4e-5)
+    train.add_argument("--warmup-fraction", type=float, default=0.1)
+    train.add_argument("--decay-epochs", default="12,16",
+                       help="Comma-separated epochs after which the rate "
+                       "drops x0.1 ('' for none).")
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--ema-momentum", type=float, default=None,
+                       help="Keep and evaluate an EMA of the weights (the "
+                       "paper: 0.9999; only for runs of many thousand steps).")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--verbose", type=int, default=1)
+    evaluation = p.add_argument_group("evaluation")
+    evaluation.add_argument("--eval-split", default="test")
+    evaluation.add_argument("--eval-batch-size", type=int, default=1000)
+    evaluation.add_argument("--no-eval", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import keras
+
+    keras.utils.set_random_seed(args.seed)
+    from keras_interbert import InterBERTRetriever
+    from keras_interbert.data.retrieval_pipeline import RegionTable
+    from keras_interbert.data.retrieval_pipeline import RetrievalDataConfig
+    from keras_interbert.data.retrieval_pipeline import load_split_captions
+    from keras_interbert.data.retrieval_pipeline import retrieval_training_dataset
+    from keras_interbert.models.loading import check_vocabulary
+    from keras_interbert.preprocessing import InterBERTTokenizer
+    from keras_interbert.training import finetuning_optimizer
+    from keras_interbert.training import plot_history
+
+    os.makedirs(args.out, exist_ok=True)
+    regions = os.path.join(args.data, "regions")
+    captions = args.captions or os.path.join(
+        args.data, f"captions_{args.language}.jsonl")
+    tokenizer = InterBERTTokenizer.from_preset(f"interbert_base_{args.language}")
+
+    retriever = InterBERTRetriever.from_pretrained(args.init)
+    check_vocabulary(retriever.backbone, tokenizer, args.init)
+    table = RegionTable.from_files(regions, split="train",
+                                   max_regions=args.max_regions)
+    if table.feature_dim != retriever.backbone.image_feature_dim:
+        raise SystemExit(
+            f"{regions}: {table.feature_dim}-d region features, but "
+            f"{args.init} takes {retriever.backbone.image_feature_dim}-d ones.")
+    num_captions = len(load_split_captions(captions, table, "train"))
+    steps = args.steps_per_epoch or max(1, num_captions // args.batch_size)
+    total = steps * args.epochs
+    decay = [int(e) for e in args.decay_epochs.split(",") if e.strip()]
+    config = RetrievalDataConfig(
+        sequence_length=args.sequence_length, max_regions=args.max_regions,
+        batch_size=args.batch_size, seed=args.seed, repeat=True)
+    train = retrieval_training_dataset(table, captions, tokenizer, config,
+                                       hard_negatives=args.hard_negatives,
+                                       split="train")
+    retriever.compile(optimizer=finetuning_optimizer(
+        total_steps=total, learning_rate=args.learning_rate,
+        warmup_fraction=args.warmup_fraction, steps_per_epoch=steps,
+        decay_epochs=decay, weight_decay=args.weight_decay,
+        ema_momentum=args.ema_momentum))
+    if args.ema_momentum and args.ema_momentum ** total > 0.5:
+        print(f"warning: EMA momentum {args.ema_momentum} over {total} steps "
+              f"keeps {args.ema_momentum ** total:.0%} of the initial weights "
+              "in the average; evaluate without EMA for short runs.")
+
+    callbacks = [keras.callbacks.CSVLogger(
+        os.path.join(args.out, "history.csv"))]
+    if args.ema_momentum:
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    print(f"Finetuning on {num_captions} training captions: {args.epochs} "
+          f"epochs x {steps} steps of {args.batch_size} captions "
+          f"({4 * args.batch_size} pairs).")
+    start = time.time()
+    history = retriever.fit(train, epochs=args.epochs, steps_per_epoch=steps,
+                            callbacks=callbacks, verbose=args.verbose)
+    train_seconds = time.time() - start
+    final = os.path.join(args.out, "finetuned.keras")
+    partial = os.path.join(args.out, "finetuned.partial.keras")
+    retriever.save(partial)
+    os.replace(partial, final)
+    plot_history({k: list(v) for k, v in history.history.items()},
+                 os.path.join(args.out, "training_curves.png"),
+                 title=f"retrieval finetuning ({keras.config.backend()})")
+    summary = {
+        "backend": keras.config.backend(),
+        "init": args.init,
+        "model": final,
+        "data": args.data,
+        "language": args.language,
+        "train_captions": num_captions,
+        "epochs": args.epochs,
+        "steps_per_epoch": steps,
+        "batch_size_captions": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "ema_momentum": args.ema_momentum,
+        "train_seconds": round(train_seconds, 1),
+        "history": {k: [float(x) for x in v]
+                    for k, v in history.history.items()},
+    }
+    if not args.no_eval:
+        sys.path.insert(0, HERE)
+        import evaluate_retrieval
+
+        summary["evaluation"] = evaluate_retrieval.main([
+            "--model", final, "--data", args.data, "--captions", captions,
+            "--language", args.language, "--split", args.eval_split,
+            "--sequence-length", str(args.sequence_length),
+            "--max-regions", str(args.max_regions),
+            "--batch-size", str(args.eval_batch_size),
+            "--out", os.path.join(args.out, "evaluation")])
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=float)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Finetune InterBERT on a text-only classification task (spec section 4.3).
+
+GLUE-style TSV files (`train.tsv`, `dev.tsv` in `--task-dir`, one or two text
+columns and a `label` column); the text goes through the model with no image
+and the classifier reads the pooled text vector. Loads the pretrained model
+with `keras.saving` (or a preset), trains with the finetuning optimizer
+(warmup, then constant), reports dev accuracy next to the majority-class
+baseline, and writes `finetuned.keras`, `metrics.json`, `history.csv` and
+`training_curves.png` into `--out`.
+
+The bundled data set has two small tasks made from its captions
+(`keras_interbert.data.text_classification_pipeline.write_caption_tasks`):
+`same_image` (do two captions describe the same image?) and
+`mentions_circle`.
+
+    KERAS_BACKEND=torch .venv/bin/python recipes/finetune_text.py \
+        --init runs/pretrain/pretrained.keras \
+        --task-dir runs/text_tasks/mentions_circle --columns sentence --out runs/text
+"""
+import argparse
+import json
+import os
+import time
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--init", required=True,
+                   help="A .keras InterBERT model or a preset name.")
+    p.add_argument("--task-dir", required=True,
+                   help="Folder with train.tsv and dev.tsv.")
+    p.add_argument("--columns", default="sentence",
+                   help="Comma-separated text columns (one or two).")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--language", choices=("en", "zh"), default="en")
+    p.add_argument("--sequence-length", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=2e-5)
+    p.add_argument("--warmup-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--verbose", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(args.seed)
+    from keras_interbert import InterBERTTextClassifier
+    from keras_interbert.data.text_classification_pipeline import (
+        TextClassificationDataConfig, read_tsv, text_classification_dataset)
+    from keras_interbert.models.loading import check_vocabulary
+    from keras_interbert.preprocessing import InterBERTTokenizer
+    from keras_interbert.training import finetuning_optimizer
+    from keras_interbert.training import plot_history
+
+    os.makedirs(args.out, exist_ok=True)
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()]
+    train = read_tsv(os.path.join(args.task_dir, "train.tsv"), columns,
+                     args.label_column)
+    dev = read_tsv(os.path.join(args.task_dir, "dev.tsv"), columns,
+                   args.label_column, label_vocabulary=train.label_vocabulary)
+    tokenizer = InterBERTTokenizer.from_preset(f"interbert_base_{args.language}")
+    model = InterBERTTextClassifier.from_pretrained(
+        args.init, num_classes=train.num_classes)
+    check_vocabulary(model.backbone, tokenizer, args.init)
+
+    def config(training):
+        return TextClassificationDataConfig(
+            sequence_length=args.sequence_length, batch_size=args.batch_size,
+            shuffle=training, repeat=training, seed=args.seed,
+            image_feature_dim=model.backbone.image_feature_dim)
+
+    steps = max(1, train.num_examples // args.batch_size)
+    model.compile(optimizer=finetuning_optimizer(
+        total_steps=steps * args.epochs, learning_rate=args.learning_rate,
+        warmup_fraction=args.warmup_fraction, decay_epochs=()))
+    start = time.time()
+    history = model.fit(
+        text_classification_dataset(train, tokenizer, config(True)),
+        validation_data=text_classification_dataset(dev, tokenizer,
+                                                    config(False)),
+        epochs=args.epochs, steps_per_epoch=steps, verbose=args.verbose,
+        callbacks=[keras.callbacks.CSVLogger(os.path.join(args.out,
+                                                          "history.csv"))])
+    seconds = time.time() - start
+    final = os.path.join(args.out, "finetuned.keras")
+    model.save(os.path.join(args.out, "finetuned.partial.keras"))
+    os.replace(os.path.join(args.out, "finetuned.partial.keras"), final)
+    plot_history({k: list(v) for k, v in history.history.items()},
+                 os.path.join(args.out, "training_curves.png"),
+                 title=f"text classification ({keras.config.backend()})")
+    logits = model.predict(text_classification_dataset(dev, tokenizer,
+                                                       config(False)),
+                           verbose=0)
+    accuracy = float(np.mean(np.argmax(logits, -1) == dev.labels))
+    majority = float(np.max(np.bincount(dev.labels)) / len(dev.labels))
+    summary = {
+        "backend": keras.config.backend(), "init": args.init, "model": final,
+        "task_dir": args.task_dir, "labels": train.label_vocabulary,
+        "train_examples": train.num_examples, "dev_examples": dev.num_examples,
+        "epochs": args.epochs, "train_seconds": round(seconds, 1),
+        "dev_accuracy": accuracy, "majority_baseline": majority,
+        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+    }
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"dev accuracy {accuracy:.3f} (majority class {majority:.3f}, "
+          f"{dev.num_examples} examples)")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
