@@ -11,6 +11,7 @@ from keras_interbert.models import InterBERTTextClassifier
 from keras_interbert.models import ModelLoadError
 from keras_interbert.models import load_interbert
 from keras_interbert.models.pretraining_objective import PretrainingObjective
+from keras_interbert import evaluation
 from keras_interbert import optimizers
 from keras_interbert import training
 from keras_interbert.presets import list_presets

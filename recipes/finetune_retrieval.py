@@ -162,13 +162,19 @@ def main(argv=None):
         sys.path.insert(0, HERE)
         import evaluate_retrieval
 
-        summary["evaluation"] = evaluate_retrieval.main([
+        evaluation_dir = os.path.join(args.out, "evaluation")
+        status = evaluate_retrieval.main([
             "--model", final, "--data", args.data, "--captions", captions,
             "--language", args.language, "--split", args.eval_split,
             "--sequence-length", str(args.sequence_length),
             "--max-regions", str(args.max_regions),
             "--batch-size", str(args.eval_batch_size),
-            "--out", os.path.join(args.out, "evaluation")])
+            "--out", evaluation_dir] + (["--no-progress"] if args.verbose != 1
+                                        else []))
+        if status != 0:
+            raise SystemExit(f"evaluation stopped early (status {status}).")
+        with open(os.path.join(evaluation_dir, "retrieval_metrics.json")) as f:
+            summary["evaluation"] = json.load(f)
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(summary, f, indent=2, default=float)
     return summary
