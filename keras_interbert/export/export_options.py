@@ -1,0 +1,68 @@
+import dataclasses
+
+# Defaults per task: the lengths and slot counts the finetuning pipelines use
+# (retrieval: `RetrievalDataConfig`, text: `TextClassificationDataConfig`,
+# multiple choice: `MultipleChoiceDataConfig` for Q->A).
+TASK_DEFAULTS = {
+    "matching": {"sequence_length": 30, "max_regions": 101,
+                 "truncate_after_packing": True},
+    "text_classifier": {"sequence_length": 128, "max_regions": 0,
+                        "truncate_after_packing": False},
+    "multiple_choice": {"sequence_length": 60, "max_regions": 99,
+                        "truncate_after_packing": False},
+}
+
+
+@dataclasses.dataclass
+class ExportOptions:
+    """What the serving graph does before the model (recorded in the export).
+
+    Attributes:
+        vocabulary: the tokenizer's vocabulary: a preset name, a vocabulary
+            file or a list of word pieces. `None` picks the bundled
+            vocabulary whose size matches the model (bert-base-uncased for
+            30,522, bert-base-chinese for 21,128).
+        sequence_length: packed text length; `None` takes the task's
+            default (30 for matching, 128 for text classification, 60 for
+            multiple choice).
+        max_regions: region slots after the global one (101 for matching,
+            99 for multiple choice; unused by text classifiers).
+        truncate_after_packing: cut the packed `[CLS] text [SEP]` sequence
+            to `sequence_length` (an over-long caption loses its `[SEP]`, as
+            in retrieval finetuning, the matching default) instead of
+            truncating the text first.
+        text_pairs: a text classifier's signature takes `text` and
+            `text_pair` (`[CLS] a [SEP] b [SEP]`), for sentence-pair tasks.
+        lowercase: lower-case the text (both bundled vocabularies are
+            uncased).
+        warmup: write `assets.extra/tf_serving_warmup_requests`.
+    """
+
+    vocabulary: object = None
+    sequence_length: int = None
+    max_regions: int = None
+    truncate_after_packing: bool = None
+    text_pairs: bool = False
+    lowercase: bool = True
+    warmup: bool = True
+
+    def resolved(self, task):
+        """A copy with the task's defaults filled in, after checks."""
+        defaults = TASK_DEFAULTS[task]
+        out = dataclasses.replace(self)
+        for key, value in defaults.items():
+            if getattr(out, key) is None:
+                setattr(out, key, value)
+        out.sequence_length = int(out.sequence_length)
+        out.max_regions = int(out.max_regions)
+        minimum = 4 if task != "matching" else 3
+        if out.sequence_length < minimum:
+            raise ValueError(
+                f"sequence_length must be >= {minimum} for a {task} export; "
+                f"received {out.sequence_length}.")
+        if task != "text_classifier" and out.max_regions < 1:
+            raise ValueError(
+                f"max_regions must be >= 1; received {out.max_regions}.")
+        if out.text_pairs and task != "text_classifier":
+            raise ValueError("text_pairs applies to text classifiers only.")
+        return out

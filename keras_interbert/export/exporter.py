@@ -1,0 +1,238 @@
+"""Writes an InterBERT task as a SavedModel for TensorFlow Serving."""
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from keras_interbert.export.export_options import ExportOptions
+from keras_interbert.export.serving_signatures import matching_signatures
+from keras_interbert.export.serving_signatures import (
+    multiple_choice_signatures,
+)
+from keras_interbert.export.serving_signatures import (
+    text_classifier_signatures,
+)
+from keras_interbert.export.warmup import write_warmup_requests
+from keras_interbert.models.interbert_multiple_choice import (
+    InterBERTMultipleChoice,
+)
+from keras_interbert.models.interbert_pretrainer import InterBERTPretrainer
+from keras_interbert.models.interbert_retriever import InterBERTRetriever
+from keras_interbert.models.interbert_text_classifier import (
+    InterBERTTextClassifier,
+)
+from keras_interbert.models.loading import ModelLoadError
+from keras_interbert.models.loading import check_vocabulary
+from keras_interbert.models.loading import resolve_source
+from keras_interbert.preprocessing import InterBERTTextPacker
+from keras_interbert.preprocessing import InterBERTTokenizer
+
+METADATA_FILE = os.path.join("assets.extra", "interbert_export.json")
+VOCABULARY_FILE = "vocabulary.txt"
+_BUNDLED_BY_SIZE = {30522: "interbert_base_en", 21128: "interbert_base_zh"}
+
+_IMAGE_INPUTS = {
+    "region_features": ("float32", "[batch, regions, image_feature_dim]"),
+    "region_boxes": ("float32", "[batch, regions, 4] pixel x1, y1, x2, y2"),
+    "image_size": ("int32", "[batch, 2] (height, width) in pixels"),
+    "num_regions": ("int32", "[batch] real rows of region_features"),
+}
+_SIGNATURE_IO = {
+    "score": ({"text": ("string", "[batch]"), **_IMAGE_INPUTS},
+              {"match_probability": "[batch]", "itm_logits": "[batch, 2]"}),
+    "embed": ({"text": ("string", "[batch]"), **_IMAGE_INPUTS},
+              {"text_pooled": "[batch, pooled_dim]",
+               "image_pooled": "[batch, pooled_dim]",
+               "fused": "[batch, pooled_dim]"}),
+    "choose": ({"question": ("string", "[batch]"),
+                "options": ("string", "[batch, num_options]"),
+                **_IMAGE_INPUTS},
+               {"logits": "[batch, num_options]",
+                "probabilities": "[batch, num_options]",
+                "choice": "[batch] int32"}),
+}
+
+
+def serving_task(model):
+    """`"matching"`, `"text_classifier"` or `"multiple_choice"` for a model."""
+    if isinstance(model, (InterBERTRetriever, InterBERTPretrainer)):
+        return "matching"
+    if isinstance(model, InterBERTTextClassifier):
+        return "text_classifier"
+    if isinstance(model, InterBERTMultipleChoice):
+        return "multiple_choice"
+    raise ModelLoadError(
+        f"cannot export a {type(model).__name__} for serving: expected an "
+        "InterBERTRetriever or InterBERTPretrainer (scored with its matching "
+        "head), an InterBERTTextClassifier or an InterBERTMultipleChoice.")
+
+
+def _tokenizer(options, backbone):
+    vocabulary = options.vocabulary
+    if vocabulary is None:
+        vocabulary = _BUNDLED_BY_SIZE.get(backbone.vocabulary_size)
+        if vocabulary is None:
+            raise ValueError(
+                f"the model has a vocabulary of {backbone.vocabulary_size:,} "
+                "word pieces, which matches no bundled vocabulary; pass "
+                "`vocabulary=` (the vocabulary file the model was trained "
+                "with).")
+    tokenizer = InterBERTTokenizer(vocabulary, lowercase=options.lowercase,
+                                   special_tokens_in_strings=False)
+    check_vocabulary(backbone, tokenizer)
+    return tokenizer
+
+
+def _signature_io(task, model, options, names):
+    described = dict(_SIGNATURE_IO)
+    if task == "text_classifier":
+        inputs = {"text": ("string", "[batch]")}
+        if options.text_pairs:
+            inputs["text_pair"] = ("string", "[batch]")
+        outputs = ({"logits": "[batch, 1]", "score": "[batch]"}
+                   if model.num_classes == 1 else
+                   {"logits": "[batch, num_classes]",
+                    "probabilities": "[batch, num_classes]",
+                    "class_id": "[batch] int32"})
+        described["classify_text"] = (inputs, outputs)
+    return {
+        name: {"inputs": {k: {"dtype": d, "shape": s}
+                          for k, (d, s) in described[name][0].items()},
+               "outputs": described[name][1]}
+        for name in names
+    }
+
+
+def export_for_serving(model, export_dir, options=None, model_name=None,
+                       overwrite=False):
+    """Writes `model` as a SavedModel that TensorFlow Serving loads.
+
+    The signatures take raw values (caption strings, region features and
+    pixel boxes) and tokenize, pack and lay out the regions in the graph,
+    so the SavedModel needs no project code: only TensorFlow and
+    tensorflow-text ops. Besides the graph the export holds
+    `assets/vocabulary.txt`, `assets.extra/interbert_export.json` (what the
+    graph does: lengths, slot counts, truncation rules, signatures) and,
+    unless `options.warmup` is off, `assets.extra/tf_serving_warmup_requests`.
+
+    Needs the TensorFlow backend; a `.keras` file saved under any backend
+    loads under it.
+
+    Args:
+        model: an `InterBERTRetriever`, `InterBERTPretrainer` (scored with
+            its matching head), `InterBERTTextClassifier` or
+            `InterBERTMultipleChoice`; or a `.keras` path or preset name.
+        export_dir: the version directory to write
+            (`saved_models/<name>/<version>`).
+        options: an `ExportOptions`.
+        model_name: the name TensorFlow Serving serves the model under (in
+            the warmup requests); defaults to the parent directory's name.
+        overwrite: replace an existing `export_dir`.
+
+    Returns:
+        The export's metadata (the content of `interbert_export.json`).
+    """
+    if keras.config.backend() != "tensorflow":
+        raise RuntimeError(
+            "export_for_serving needs KERAS_BACKEND=tensorflow (the backend "
+            f"now is {keras.config.backend()!r}); a .keras file saved under "
+            "JAX or PyTorch loads under TensorFlow. `python -m "
+            "keras_interbert.export` switches the backend itself.")
+    source = model if isinstance(model, (str, os.PathLike)) else None
+    model, _ = resolve_source(model)
+    task = serving_task(model)
+    options = (options or ExportOptions()).resolved(task)
+    backbone = model.backbone
+    if options.sequence_length > backbone.max_sequence_length:
+        raise ValueError(
+            f"sequence_length {options.sequence_length} exceeds the model's "
+            f"max_sequence_length {backbone.max_sequence_length}.")
+    tokenizer = _tokenizer(options, backbone)
+    packer = InterBERTTextPacker(
+        options.sequence_length, cls_id=tokenizer.cls_id,
+        sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id,
+        truncate_after_packing=options.truncate_after_packing)
+    builder = {"matching": matching_signatures,
+               "text_classifier": text_classifier_signatures,
+               "multiple_choice": multiple_choice_signatures}[task]
+    signatures = builder(model, tokenizer, packer, options)
+
+    export_dir = os.fspath(export_dir)
+    if os.path.exists(export_dir):
+        if not overwrite:
+            raise FileExistsError(
+                f"{export_dir} exists; pass overwrite=True (--overwrite) or "
+                "export a new version.")
+        shutil.rmtree(export_dir)
+    if model_name is None:
+        model_name = os.path.basename(os.path.dirname(
+            os.path.abspath(export_dir))) or "interbert"
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        vocabulary_path = os.path.join(tmp, VOCABULARY_FILE)
+        with open(vocabulary_path, "w", encoding="utf-8") as f:
+            f.writelines(token + "\n" for token in tokenizer.get_vocabulary())
+        # The vocabulary travels as an asset of the SavedModel (token -> id
+        # table); the tokenizer's WordPiece model, built from the same
+        # tokens, is a constant of the graph.
+        archive.track(tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(
+                vocabulary_path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+                tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER),
+            default_value=-1, name="vocabulary"))
+        # The first endpoint is also `serving_default`.
+        for name, (fn, specs) in signatures.items():
+            archive.add_endpoint(name, fn, list(specs))
+        archive.write_out(export_dir, verbose=False)
+
+    names = list(signatures)
+    metadata = {
+        "format": "keras_interbert.serving",
+        "version": 1,
+        "model_name": model_name,
+        "model_class": type(model).__name__,
+        "task": task,
+        "source": None if source is None else os.fspath(source),
+        "serving_default": names[0],
+        "signature_names": names,
+        "signatures": _signature_io(task, model, options, names),
+        "sequence_length": options.sequence_length,
+        "truncate_after_packing": options.truncate_after_packing,
+        "max_regions": options.max_regions if task != "text_classifier"
+        else None,
+        "region_slots": options.max_regions + 1 if task != "text_classifier"
+        else 1,
+        "image_feature_dim": backbone.image_feature_dim,
+        "vocabulary_size": backbone.vocabulary_size,
+        "lowercase": options.lowercase,
+        "text_pairs": options.text_pairs,
+        "num_classes": getattr(model, "num_classes", None),
+        "num_options": getattr(model, "num_options", None),
+        "image_size_order": "height, width",
+        "region_truncation": "the first max_regions of the num_regions real "
+                             "regions are kept (detector score order)",
+        "global_slot": "mean of all num_regions real region features, "
+                       "location [0, 0, 1, 1, 1], mask 1",
+        "keras_version": keras.__version__,
+        "tensorflow_version": tf.__version__,
+    }
+    path = os.path.join(export_dir, METADATA_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(metadata, f, indent=2)
+    if options.warmup:
+        write_warmup_requests(export_dir, model_name, metadata)
+    return metadata
+
+
+def next_version(model_dir):
+    """One more than the largest integer version under `model_dir` (or 1)."""
+    if not os.path.isdir(model_dir):
+        return 1
+    versions = [int(d) for d in os.listdir(model_dir) if d.isdigit()]
+    return max(versions, default=0) + 1

@@ -1,0 +1,199 @@
+"""In-graph checks and layout of what a serving client sends (TF ops only).
+
+A client sends raw values: caption strings, the detector's region features
+and pixel boxes, the image size and how many of the given regions are real.
+`checked_image_inputs` rejects anything the model cannot score with an
+`InvalidArgumentError` naming the input (a `tf.debugging.Assert`, a core
+op), before any other op sees the value; `serving_regions` then builds the
+backbone's region inputs the way `keras_interbert.data.to_backbone_regions`
+does for one example, batched.
+
+Shapes are checked in the graph rather than by the signature because
+TensorFlow Serving checks a request's dtypes against the signature but not
+its shapes: a signature shape would let a wrong-rank or wrong-width request
+through to ops that were specialised for the declared shape.
+"""
+import tensorflow as tf
+
+from keras_interbert.data.region_features import region_locations
+
+# Location of the global image slot: the whole image.
+GLOBAL_LOCATION = (0.0, 0.0, 1.0, 1.0, 1.0)
+
+
+class InputChecks:
+    """Collects `Assert` ops and gates tensors on them.
+
+    `gate` returns the tensors through `identity` ops that depend on every
+    check so far, so no later op runs on a value that failed a check (and
+    fails first with a less clear message).
+    """
+
+    def __init__(self):
+        self._pending = []
+
+    def require(self, condition, name, message, *data):
+        """Fails unless `condition`, with `message` (then `data`) on `name`."""
+        self._pending.append(tf.debugging.Assert(
+            condition, [f"Invalid serving input `{name}`: {message}", *data],
+            summarize=16, name=f"check_{name}"))
+
+    def gate(self, tensors, shapes=None):
+        """`tensors` after every pending check, with static `shapes` set.
+
+        The shapes are set statically (`set_shape`), not checked by an op: an
+        `EnsureShape` could fail before the checks, with a vaguer message.
+        """
+        with tf.control_dependencies(self._pending):
+            gated = {k: tf.identity(v) for k, v in tensors.items()}
+        self._pending = []
+        for name, shape in (shapes or {}).items():
+            gated[name].set_shape(shape)
+        return gated
+
+
+def _rank_check(checks, tensors, expected):
+    for name, (rank, described) in expected.items():
+        checks.require(tf.equal(tf.rank(tensors[name]), rank), name,
+                       f"expected {described} (rank {rank}); received shape",
+                       tf.shape(tensors[name]))
+
+
+def checked_text(checks, tensors, names):
+    """Checks that each of `names` is a `[batch]` string tensor."""
+    _rank_check(checks, tensors,
+                {n: (1, "a [batch] string tensor") for n in names})
+    return checks.gate({n: tensors[n] for n in names},
+                       {n: [None] for n in names})
+
+
+def checked_image_inputs(checks, inputs, feature_dim, batch_size):
+    """Checks the four image inputs; returns them with static shapes.
+
+    Args:
+        checks: an `InputChecks`.
+        inputs: dict with `region_features` float32 `[B, N, D]`,
+            `region_boxes` float32 `[B, N, 4]` pixel `x1, y1, x2, y2`,
+            `image_size` int32 `[B, 2]` `(height, width)` and `num_regions`
+            int32 `[B]`.
+        feature_dim: D, the model's `image_feature_dim`.
+        batch_size: the batch size of the text inputs (a scalar tensor).
+    """
+    names = ("region_features", "region_boxes", "image_size", "num_regions")
+    x = {n: inputs[n] for n in names}
+    _rank_check(checks, x, {
+        "region_features": (3, f"float32 [batch, regions, {feature_dim}]"),
+        "region_boxes": (3, "float32 [batch, regions, 4]"),
+        "image_size": (2, "int32 [batch, 2] (height, width)"),
+        "num_regions": (1, "int32 [batch]"),
+    })
+    x = checks.gate(x, {"region_features": [None, None, None],
+                        "region_boxes": [None, None, None],
+                        "image_size": [None, None], "num_regions": [None]})
+    features_shape = tf.shape(x["region_features"])
+    boxes_shape = tf.shape(x["region_boxes"])
+    for name in names:
+        checks.require(tf.equal(tf.shape(x[name])[0], batch_size), name,
+                       "expected the batch size of the text,", batch_size,
+                       "; received shape", tf.shape(x[name]))
+    checks.require(tf.equal(features_shape[2], feature_dim),
+                   "region_features",
+                   f"expected feature width {feature_dim} (the model's "
+                   "image_feature_dim); received shape", features_shape)
+    checks.require(tf.reduce_all(tf.equal(
+        boxes_shape, tf.stack([features_shape[0], features_shape[1], 4]))),
+        "region_boxes", "expected [batch, regions, 4] with the batch and "
+        "region count of region_features, whose shape is", features_shape,
+        "; received shape", boxes_shape)
+    checks.require(tf.equal(tf.shape(x["image_size"])[1], 2), "image_size",
+                   "expected [batch, 2] (height, width); received shape",
+                   tf.shape(x["image_size"]))
+    x = checks.gate(x, {"region_features": [None, None, feature_dim],
+                        "region_boxes": [None, None, 4],
+                        "image_size": [None, 2]})
+
+    num = x["num_regions"]
+    given = features_shape[1]
+    checks.require(tf.reduce_all((num >= 0) & (num <= given)), "num_regions",
+                   "expected values in [0, N], N the number of region rows "
+                   "given, which is", given, "; received", num)
+    checks.require(tf.reduce_all(x["image_size"] > 0), "image_size",
+                   "expected positive (height, width); received",
+                   x["image_size"])
+    # Only the first num_regions rows are real; the rest is padding and may
+    # hold anything.
+    real = tf.sequence_mask(tf.clip_by_value(num, 0, given), given)[..., None]
+    boxes = x["region_boxes"]
+    finite = tf.math.is_finite(boxes)
+    # A non-finite box fails the first check only, so each bad box gets
+    # one message.
+    skip = ~real | ~finite
+    x1, y1, x2, y2 = tf.unstack(boxes, 4, axis=-1)
+    where = "in the first num_regions rows (num_regions:"
+    checks.require(tf.reduce_all(finite | ~real), "region_boxes",
+                   f"expected finite values {where}", num,
+                   "); found NaN or inf")
+    checks.require(tf.reduce_all((boxes >= 0) | skip), "region_boxes",
+                   f"expected non-negative pixel coordinates {where}", num,
+                   "); found a negative one")
+    ordered = (x2 >= x1) & (y2 >= y1)
+    checks.require(tf.reduce_all(ordered | tf.reduce_any(skip, axis=-1)),
+                   "region_boxes", f"expected x2 >= x1 and y2 >= y1 {where}",
+                   num, "); found a box with x2 < x1 or y2 < y1")
+    checks.require(
+        tf.reduce_all(tf.math.is_finite(x["region_features"]) | ~real),
+        "region_features", f"expected finite values {where}", num,
+        "); found NaN or inf")
+    return checks.gate(x)
+
+
+def serving_regions(inputs, max_regions):
+    """The backbone's region inputs from checked serving inputs (batched).
+
+    Slot 0 is the global image slot: the mean of the `num_regions` real
+    regions' features (all of them, before truncation: the finetuning rule of
+    `to_backbone_regions`; zeros for an image without regions), location
+    `[0, 0, 1, 1, 1]`, mask 1. Slots `1..max_regions` hold the **first**
+    `max_regions` real regions (files and detectors list them most
+    confident first), then zero padding with mask 0.
+
+    Returns:
+        `region_features` `[B, max_regions + 1, D]`, `region_locations`
+        `[B, max_regions + 1, 5]` and `region_mask` `[B, max_regions + 1]`
+        int32.
+    """
+    features = inputs["region_features"]
+    num = inputs["num_regions"]
+    given = tf.shape(features)[1]
+    real = tf.sequence_mask(num, given)[..., None]
+    # `where`, not a product: padding rows may hold NaN.
+    features = tf.where(real, features, 0.0)
+    boxes = tf.where(real, inputs["region_boxes"], 0.0)
+    count = tf.cast(tf.maximum(num, 1), tf.float32)[:, None]
+    global_feature = tf.reduce_sum(features, axis=1) / count
+    size = tf.cast(inputs["image_size"], tf.float32)
+    locations = region_locations(boxes, size[:, 0:1], size[:, 1:2])
+
+    kept = tf.sequence_mask(tf.minimum(num, max_regions), max_regions)
+
+    def to_slots(values):
+        values = values[:, :max_regions]
+        pad = max_regions - tf.shape(values)[1]
+        values = tf.pad(values, [[0, 0], [0, pad], [0, 0]])
+        return tf.where(kept[..., None], values, 0.0)
+
+    batch = tf.shape(features)[0]
+    first_location = tf.tile(tf.constant([GLOBAL_LOCATION]), [batch, 1])
+    slots = max_regions + 1
+    feature_dim = features.shape[-1]
+    return {
+        "region_features": tf.ensure_shape(tf.concat(
+            [global_feature[:, None], to_slots(features)], axis=1),
+            [None, slots, feature_dim]),
+        "region_locations": tf.ensure_shape(tf.concat(
+            [first_location[:, None], to_slots(locations)], axis=1),
+            [None, slots, 5]),
+        "region_mask": tf.ensure_shape(tf.concat(
+            [tf.ones([batch, 1], tf.int32), tf.cast(kept, tf.int32)], axis=1),
+            [None, slots]),
+    }
