@@ -395,3 +395,77 @@ def test_region_functions_reject_bad_shapes():
     with pytest.raises(ValueError, match="probability"):
         masking.mask_region_groups(normalised(PIXEL_BOXES), np.ones(6),
                                    tf.constant([1, 2]), H, W, probability=2)
+
+
+# ------------------------------------------------------- per-row seeds --
+
+def row_seeds(*rows):
+    return tf.constant([[7, r] for r in rows], tf.int64)
+
+
+def test_row_uniform_is_uniform_and_rows_are_independent():
+    keys = masking.row_keys(row_seeds(*range(20000)))
+    u = masking.row_uniform([20000, 4], keys).numpy()
+    assert u.dtype == np.float64 and u.min() >= 0 and u.max() < 1
+    sigma = np.sqrt(1 / 12 / 20000)
+    np.testing.assert_allclose(u.mean(axis=0), 0.5, atol=5 * sigma)
+    np.testing.assert_allclose(u.var(axis=0), 1 / 12, rtol=0.05)
+    # Deciles of each column, and no correlation between columns or rows.
+    for column in u.T:
+        counts = np.bincount((column * 10).astype(int), minlength=10)
+        assert np.abs(counts - 2000).max() < 5 * np.sqrt(2000 * 0.9)
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 5 / np.sqrt(20000)
+    assert abs(np.corrcoef(u[:-1, 0], u[1:, 0])[0, 1]) < 5 / np.sqrt(20000)
+
+
+def test_per_row_seeds_make_a_row_independent_of_its_batch():
+    ids, mask = packed_captions([20] * 6)
+    boxes = np.broadcast_to(normalised(PIXEL_BOXES), (6, 6, 4))
+    real = np.ones((6, 6), np.int32)
+    for fn in (
+        lambda rows, seeds: masking.mask_segment_span(
+            ids[rows], mask[rows], seeds, VOCAB, MASK),
+        lambda rows, seeds: masking.mask_tokens_bert(
+            ids[rows], mask[rows], seeds, VOCAB, MASK, probability=0.5),
+        lambda rows, seeds: (masking.mask_region_groups(
+            boxes[rows], real[rows], seeds, H, W, probability=0.3),),
+        lambda rows, seeds: masking.mask_regions_random(
+            real[rows], seeds, probability=0.5),
+    ):
+        whole = [x.numpy() for x in fn(list(range(6)), row_seeds(*range(6)))]
+        # Rows 4 and 1 alone, in another order, keep their masks.
+        part = [x.numpy() for x in fn([4, 1], row_seeds(4, 1))]
+        for a, b in zip(whole, part):
+            np.testing.assert_array_equal(a[[4, 1]], b)
+        # Identical inputs with different row seeds draw differently.
+        again = [x.numpy() for x in fn(list(range(6)), row_seeds(*range(6, 12)))]
+        assert any(not np.array_equal(a, b) for a, b in zip(whole, again))
+
+
+def test_per_row_seeds_keep_the_span_and_group_statistics():
+    n, draws = 34, 20000
+    ids, mask = packed_captions([n] * draws)
+    _, _, weights = span(ids, mask, row_seeds(*range(draws)))
+    counts = weights.sum(axis=1).astype(int)
+    expected = span_length_distribution(n)
+    observed = np.bincount(counts, minlength=n + 1) / draws
+    assert 0.5 * np.abs(observed - expected).sum() < 0.03
+    boxes = np.concatenate([normalised(PIXEL_BOXES),
+                            normalised([PIXEL_BOXES[5]])])
+    real = np.array([1, 1, 1, 1, 1, 1, 0], np.int32)
+    masked = masking.mask_region_groups(
+        np.broadcast_to(boxes, (draws, 7, 4)), np.broadcast_to(real, (draws, 7)),
+        row_seeds(*range(draws)), H, W).numpy()
+    expected = [1 - 0.9 ** g for g in [2, 3, 2, 2, 2, 1]] + [0.0]
+    np.testing.assert_allclose(masked.mean(axis=0), expected,
+                               atol=5 * np.sqrt(0.25 / draws))
+
+
+def test_per_row_seeds_need_a_batch_of_as_many_rows():
+    ids, mask = packed_captions([10, 10])
+    with pytest.raises(ValueError, match="batched"):
+        masking.mask_segment_span(ids[0], mask[0], row_seeds(1), VOCAB, MASK)
+    with pytest.raises(ValueError, match="rows"):
+        masking.mask_segment_span(ids, mask, row_seeds(1, 2, 3), VOCAB, MASK)
+    with pytest.raises(ValueError, match=r"\[B, 2\]"):
+        masking.mask_regions_random(np.ones((2, 3)), tf.constant([[1, 2, 3]]))

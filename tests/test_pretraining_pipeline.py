@@ -270,3 +270,55 @@ def test_gathered_mrm_targets_match_the_dense_ones(bundled, tokenizer):
                                           yd["mrm_targets"][row][slots])
             total += real.sum()
     assert total > 10
+
+
+def test_an_example_draws_the_same_in_any_batch(bundled, tokenizer):
+    # Every draw is keyed on (seed, example index): batches of 4 hold the
+    # same rows as batches of 8, and the examples view agrees with both.
+    dense = dict(msm_positions=False, mrm_positions=False)
+    eights = numpy_batches(make(bundled, tokenizer, batch_size=8, **dense), 2)
+    fours = numpy_batches(make(bundled, tokenizer, batch_size=4, **dense), 4)
+    for part in (0, 1):
+        for k in eights[part][0]:
+            np.testing.assert_array_equal(
+                eights[part][0][k],
+                np.concatenate([fours[2 * part][0][k], fours[2 * part + 1][0][k]]))
+        for k in eights[part][1]:
+            np.testing.assert_array_equal(
+                eights[part][1][k],
+                np.concatenate([fours[2 * part][1][k], fours[2 * part + 1][1][k]]))
+    ds, _ = examples(bundled, tokenizer, batch_size=8)
+    x, y = eights[0]
+    for row, e in enumerate(ds.take(8).as_numpy_iterator()):
+        assert e["position"] == row
+        for k in ("region_features", "region_locations", "region_mask"):
+            np.testing.assert_array_equal(e[k], x[k][row])
+        np.testing.assert_array_equal(e["mrm_weights"], y["mrm_weights"][row])
+        np.testing.assert_array_equal(e["mrm_targets"], y["mrm_targets"][row])
+        assert e["itm_labels"] == y["itm_labels"][row]
+        np.testing.assert_array_equal(
+            e["token_ids"], np.where(y["msm_weights"][row] > 0,
+                                     y["msm_labels"][row], x["token_ids"][row]))
+
+
+def test_every_caption_once_per_pass_and_uncaptioned_images_skipped(
+        bundled, tokenizer):
+    records = read_captions(os.path.join(bundled, "captions_en.jsonl"))
+    train = [r for r in records if r["split"] == "train"]
+    captioned = sorted({r["image_id"] for r in train})[::2]
+    kept = [r for r in train if r["image_id"] in captioned]
+    config = PretrainingDataConfig(max_regions=6, shuffle_buffer=16,
+                                   negative_probability=0.0)
+    ds, index = pretraining_examples(os.path.join(bundled, "regions"), kept,
+                                     tokenizer, config, split="train")
+    assert sorted(index.image_ids) == captioned
+    seen = sorted(int(e["image_index"]) for e in ds.as_numpy_iterator())
+    assert seen == list(range(len(captioned)))
+    config.captions_per_image = "all"
+    ds, index = pretraining_examples(os.path.join(bundled, "regions"), kept,
+                                     tokenizer, config, split="train")
+    owner = caption_owner(index)
+    pairs = [(int(e["image_index"]), int(e["caption_index"]))
+             for e in ds.as_numpy_iterator()]
+    assert sorted(c for _, c in pairs) == list(range(len(kept)))
+    assert all(owner[c] == k for k, c in pairs)

@@ -12,10 +12,13 @@ from keras_interbert.data.errors import ErrorReport
 from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.region_features import RegionFeatureWriter
 from keras_interbert.data.region_features import check_captions_against_images
+from keras_interbert.data.region_features import parse_region_batch
 from keras_interbert.data.region_features import read_captions
 from keras_interbert.data.region_features import read_manifest
 from keras_interbert.data.region_features import recompute_global_region
 from keras_interbert.data.region_features import region_dataset
+from keras_interbert.data.region_features import region_dims
+from keras_interbert.data.region_features import region_files
 from keras_interbert.data.region_features import region_image_ids
 from keras_interbert.data.region_features import scan_region_files
 from keras_interbert.data.region_features import to_backbone_regions
@@ -457,6 +460,54 @@ def test_reader_catches_damaged_records(tmp_path):
         "box_outside_image": 1, "feature_dim": 1, "no_regions": 1,
         "non_finite": 1}
     assert report["skipped"][0]["record"] == "record 1 (image 'short')"
+
+
+def test_batched_parse_matches_the_record_reader(tmp_path, images):
+    write_images(tmp_path, images, examples_per_shard=2)
+    assert region_dims(str(tmp_path)) == (D, C)
+    paths = region_files(str(tmp_path))
+    records = list(read_all(region_dataset(str(tmp_path))).values())
+    serialized = tf.constant(list(
+        tf.data.TFRecordDataset(paths).as_numpy_iterator()))
+    full = parse_region_batch(serialized, D, C)
+    cut = parse_region_batch(serialized, D, C, max_regions=4,
+                             features_dtype=tf.float16,
+                             class_probs_dtype=tf.float16)
+    assert full["features"].shape == (5, 6, D)  # the batch's largest count
+    assert cut["features"].shape == (5, 4, D)
+    assert cut["features"].dtype == tf.float16
+    for row, ex in enumerate(records):
+        n = ex["num_boxes"]
+        assert full["image_id"][row].numpy() == ex["image_id"]
+        assert full["num_boxes"][row] == n == cut["num_boxes"][row]
+        assert (full["image_h"][row], full["image_w"][row]) == (H, W)
+        for name in ("boxes", "features", "class_probs"):
+            np.testing.assert_array_equal(full[name][row, :n], ex[name])
+            np.testing.assert_array_equal(full[name][row, n:], 0.0)
+            np.testing.assert_array_equal(
+                cut[name][row, :min(n, 4)].numpy().astype(np.float32),
+                ex[name][:4])
+
+
+def test_batched_parse_catches_damaged_records(tmp_path):
+    good = np.ones(D, "<f2").tobytes()
+    cases = {
+        "short": (raw_example("short", good[:-2]), "'features' holds"),
+        "nan": (raw_example("nan", np.full(D, np.nan, "<f2").tobytes()),
+                "NaN or infinite"),
+        "outside": (raw_example("outside", good, boxes=(0.0, 0.0, W + 1.0, 5.0)),
+                    "outside the image"),
+        "none": (raw_example("none", b"", n=0, boxes=()), "zero regions"),
+        "three": (raw_example("three", good, boxes=(0.0, 0.0, 5.0)),
+                  "'boxes' holds"),
+    }
+    ok = raw_example("ok", good)
+    for image_id, (bad, problem) in cases.items():
+        with pytest.raises(tf.errors.InvalidArgumentError) as info:
+            parse_region_batch(tf.constant([ok, bad, ok]), D)
+        assert problem in str(info.value) and image_id in str(info.value)
+    out = parse_region_batch(tf.constant([ok, ok]), D)
+    assert out["features"].shape == (2, 1, D)
 
 
 # --------------------------------------------------------------- captions --

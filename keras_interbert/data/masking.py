@@ -8,7 +8,12 @@ masks, so a pipeline is reproducible (derive one seed per example, e.g. with
 `tf.random.experimental.stateless_split`).
 
 Every function accepts one example (text `[T]`, regions `[N]`) or a batch
-(`[B, T]`, `[B, N]`); in a batch every row draws independently.
+(`[B, T]`, `[B, N]`); in a batch every row draws independently. A batch may
+also take one seed per row (`seed` of shape `[B, 2]`): row b's draws then
+depend only on `seed[b]`, so an example gets the same masks whichever batch
+it lands in (the pretraining pipeline keys them on the example's index).
+Per-row draws come from a counter-based hash (SplitMix64), not from
+`tf.random`, since TensorFlow's stateless ops take one seed per call.
 
 Text conventions: the input is a packed, padded sequence `[CLS] w1..wn [SEP]
 0...` (see `InterBERTTextPacker`). The caption word pieces are the positions
@@ -26,20 +31,106 @@ for a real region and 0 for a padded slot, and padded slots are never masked.
 import tensorflow as tf
 
 
-def _seeds(seed, count):
+_GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's increment
+_SPLIT = 0xD1B54A32D192ED03  # a second odd constant, for deriving sub-keys
+
+
+def _u64(value):
+    return tf.constant(value, tf.uint64)
+
+
+def _mix64(x):
+    """SplitMix64's finaliser: a bijection of uint64 that scrambles all bits."""
+    x = (x ^ tf.bitwise.right_shift(x, _u64(30))) * _u64(0xBF58476D1CE4E5B9)
+    x = (x ^ tf.bitwise.right_shift(x, _u64(27))) * _u64(0x94D049BB133111EB)
+    return x ^ tf.bitwise.right_shift(x, _u64(31))
+
+
+def _check_seed(seed):
     seed = tf.convert_to_tensor(seed)
-    if seed.shape.rank != 1 or (
-        seed.shape[0] is not None and seed.shape[0] != 2
+    if seed.shape.rank not in (1, 2) or (
+        seed.shape[-1] is not None and seed.shape[-1] != 2
     ):
         raise ValueError(
-            f"`seed` must be an int tensor of shape [2]. Received shape "
-            f"{seed.shape}."
+            f"`seed` must be an int tensor of shape [2] (one seed) or [B, 2] "
+            f"(one per row). Received shape {seed.shape}."
         )
     if not seed.dtype.is_integer:
         raise ValueError(f"`seed` must be integer. Received {seed.dtype}.")
-    return tf.unstack(
-        tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), count)
-    )
+    return tf.cast(seed, tf.int64)
+
+
+def row_keys(seeds):
+    """One uint64 key per row from per-row seeds `[B, 2]` (any int dtype)."""
+    seeds = tf.bitcast(tf.cast(seeds, tf.int64), tf.uint64)
+    return _mix64(_mix64(seeds[:, 0] + _u64(_GOLDEN)) ^ seeds[:, 1])
+
+
+def _seeds(seed, count):
+    """`count` independent sub-seeds: `[2]` tensors, or `[B]` uint64 row keys.
+
+    `seed` is a public seed (`[2]` or `[B, 2]`) or row keys from an earlier
+    split.
+    """
+    if not (isinstance(seed, tf.Tensor) and seed.dtype == tf.uint64):
+        seed = _check_seed(seed)
+        if seed.shape.rank == 1:
+            return tf.unstack(
+                tf.random.experimental.stateless_split(seed, count))
+        seed = row_keys(seed)
+    return [_mix64(seed + _u64((i + 1) * _SPLIT % 2**64))
+            for i in range(count)]
+
+
+def row_uniform(shape, keys):
+    """float64 values in [0, 1); row b of `shape` depends only on `keys[b]`.
+
+    Element j of a row is SplitMix64's output j + 1 from state `keys[b]`
+    (top 53 bits), so rows are independent streams.
+
+    Args:
+        shape: `[B, ...]`, an int list or 1-d tensor.
+        keys: uint64 `[B]`, e.g. from `row_keys`.
+    """
+    shape = tf.cast(tf.convert_to_tensor(shape), tf.int64)
+    rank = shape.shape[0]
+    counter = tf.reshape(tf.range(1, tf.reduce_prod(shape[1:]) + 1,
+                                  dtype=tf.int64), shape[1:])
+    keys = tf.reshape(keys, tf.concat([[-1], tf.ones([rank - 1], tf.int64)], 0))
+    bits = _mix64(keys + tf.bitcast(counter, tf.uint64) * _u64(_GOLDEN))
+    return (tf.cast(tf.bitwise.right_shift(bits, _u64(11)), tf.float64)
+            * (1.0 / 2**53))
+
+
+def _uniform(shape, seed):
+    """float64 in [0, 1): one stateless draw (seed `[2]`) or per row (keys)."""
+    if seed.dtype == tf.uint64:
+        return row_uniform(shape, seed)
+    return tf.random.stateless_uniform(shape, seed, dtype=tf.float64)
+
+
+def _uniform_int(shape, seed, maxval):
+    """int32 in [0, maxval)."""
+    if seed.dtype == tf.uint64:
+        return tf.cast(tf.floor(row_uniform(shape, seed) * maxval), tf.int32)
+    return tf.random.stateless_uniform(shape, seed, minval=0, maxval=maxval,
+                                       dtype=tf.int32)
+
+
+def _check_rows(seed, batch, unbatched):
+    """Per-row seeds need a batch of as many rows."""
+    seed = _check_seed(seed)
+    if seed.shape.rank != 2:
+        return
+    if unbatched:
+        raise ValueError(
+            "A `seed` of shape [B, 2] (one per row) needs batched inputs; "
+            "received one example.")
+    if seed.shape[0] is not None and batch.shape[0] is not None and (
+            seed.shape[0] != batch.shape[0]):
+        raise ValueError(
+            f"`seed` has {seed.shape[0]} rows (one per example) but the batch "
+            f"has {batch.shape[0]}.")
 
 
 def _as_batch(tensor, name, rank, dtype):
@@ -67,11 +158,8 @@ def _replace_targets(token_ids, targets, seed, vocabulary_size, mask_id,
     """BERT's 80/10/10: [MASK], a uniformly random id, or unchanged."""
     choice_seed, random_id_seed = _seeds(seed, 2)
     shape = tf.shape(token_ids)
-    u = tf.random.stateless_uniform(shape, choice_seed, dtype=tf.float64)
-    random_ids = tf.random.stateless_uniform(
-        shape, random_id_seed, minval=0, maxval=vocabulary_size,
-        dtype=tf.int32,
-    )
+    u = _uniform(shape, choice_seed)
+    random_ids = _uniform_int(shape, random_id_seed, vocabulary_size)
     replacement = tf.where(
         u < mask_probability,
         tf.fill(shape, tf.constant(mask_id, tf.int32)),
@@ -124,7 +212,7 @@ def mask_segment_span(
     Args:
         token_ids: int `[T]` or `[B, T]`, packed and padded.
         text_mask: int `[T]` or `[B, T]`, 1 on real tokens.
-        seed: int tensor `[2]`.
+        seed: int tensor `[2]`, or `[B, 2]` (one per row of a batch).
         vocabulary_size: int. Random replacements are drawn from
             `[0, vocabulary_size)`.
         mask_id: int. Id of `[MASK]`.
@@ -148,6 +236,7 @@ def mask_segment_span(
     _check_text(vocabulary_size, mask_probability, random_probability)
     token_ids, unbatched = _as_batch(token_ids, "token_ids", 1, tf.int32)
     text_mask, _ = _as_batch(text_mask, "text_mask", 1, tf.int32)
+    _check_rows(seed, token_ids, unbatched)
     start_seed, length_seed, replace_seed = _seeds(seed, 3)
     is_caption = _caption_positions(token_ids, text_mask, (cls_id, sep_id))
     # k-th caption piece of the row -> k (0-based); -1 elsewhere.
@@ -156,16 +245,10 @@ def mask_segment_span(
     batch = tf.shape(token_ids)[:1]
     n_float = tf.cast(n, tf.float64)
     # floor(u * m) with u ~ U[0, 1) in float64 is UniformInt[0, m - 1].
-    start = tf.cast(
-        tf.floor(tf.random.stateless_uniform(batch, start_seed, dtype=tf.float64)
-                 * (n_float + 1)),
-        tf.int32,
-    )
-    length = 1 + tf.cast(
-        tf.floor(tf.random.stateless_uniform(batch, length_seed,
-                                             dtype=tf.float64) * n_float),
-        tf.int32,
-    )
+    start = tf.cast(tf.floor(_uniform(batch, start_seed) * (n_float + 1)),
+                    tf.int32)
+    length = 1 + tf.cast(tf.floor(_uniform(batch, length_seed) * n_float),
+                         tf.int32)
     gate = tf.floor(gate_ratio * n_float) > 0
     start = tf.minimum(start, n)[:, tf.newaxis]
     end = (start + length[:, tf.newaxis])
@@ -215,11 +298,10 @@ def mask_tokens_bert(
             f"`probability` must be in [0, 1]. Received {probability}.")
     token_ids, unbatched = _as_batch(token_ids, "token_ids", 1, tf.int32)
     text_mask, _ = _as_batch(text_mask, "text_mask", 1, tf.int32)
+    _check_rows(seed, token_ids, unbatched)
     target_seed, replace_seed = _seeds(seed, 2)
     is_caption = _caption_positions(token_ids, text_mask, (cls_id, sep_id))
-    u = tf.random.stateless_uniform(
-        tf.shape(token_ids), target_seed, dtype=tf.float64
-    )
+    u = _uniform(tf.shape(token_ids), target_seed)
     targets = is_caption & (u < probability)
     outputs = _replace_targets(
         token_ids, targets, replace_seed, vocabulary_size, mask_id,
@@ -305,7 +387,7 @@ def mask_region_groups(boxes_normalized, region_mask, seed, image_h, image_w,
         boxes_normalized: float `[N, 4]` or `[B, N, 4]`, `(x1/W, y1/H, x2/W,
             y2/H)` of the real regions (no global slot).
         region_mask: int/bool `[N]` or `[B, N]`, 1 for a real region.
-        seed: int tensor `[2]`.
+        seed: int tensor `[2]`, or `[B, 2]` (one per row of a batch).
         image_h, image_w: image size in pixels, scalars or `[B]`.
         probability: float. Chance that a real region seeds a group.
         iou_threshold: float. Grouping threshold (inclusive).
@@ -327,10 +409,10 @@ def mask_region_groups(boxes_normalized, region_mask, seed, image_h, image_w,
     if not 0 <= probability <= 1:
         raise ValueError(
             f"`probability` must be in [0, 1]. Received {probability}.")
-    mask, _ = _as_batch(region_mask, "region_mask", 1, tf.bool)
+    mask, unbatched = _as_batch(region_mask, "region_mask", 1, tf.bool)
+    _check_rows(seed, mask, unbatched)
     (choice_seed,) = _seeds(seed, 1)
-    u = tf.random.stateless_uniform(tf.shape(mask), choice_seed,
-                                    dtype=tf.float64)
+    u = _uniform(tf.shape(mask), choice_seed)
     seed_regions = (u < probability) & mask
     if tf.convert_to_tensor(region_mask).shape.rank == 1:
         seed_regions = seed_regions[0]
@@ -348,7 +430,7 @@ def mask_regions_random(region_mask, seed, probability=0.15,
 
     Args:
         region_mask: int/bool `[N]` or `[B, N]`, 1 for a real region.
-        seed: int tensor `[2]`.
+        seed: int tensor `[2]`, or `[B, 2]` (one per row of a batch).
         probability: float, 0.15.
         zero_probability: float, 0.9.
 
@@ -362,16 +444,11 @@ def mask_regions_random(region_mask, seed, probability=0.15,
         if not 0 <= value <= 1:
             raise ValueError(f"`{name}` must be in [0, 1]. Received {value}.")
     mask, unbatched = _as_batch(region_mask, "region_mask", 1, tf.bool)
+    _check_rows(seed, mask, unbatched)
     target_seed, zero_seed = _seeds(seed, 2)
     shape = tf.shape(mask)
-    targets = mask & (
-        tf.random.stateless_uniform(shape, target_seed, dtype=tf.float64)
-        < probability
-    )
-    zeroed = targets & (
-        tf.random.stateless_uniform(shape, zero_seed, dtype=tf.float64)
-        < zero_probability
-    )
+    targets = mask & (_uniform(shape, target_seed) < probability)
+    zeroed = targets & (_uniform(shape, zero_seed) < zero_probability)
     outputs = (tf.cast(targets, tf.float32), tf.cast(zeroed, tf.float32))
     if unbatched:
         outputs = tuple(x[0] for x in outputs)

@@ -22,16 +22,21 @@ one example with one of its captions (or one example per caption):
    original pretraining code does (`global_feature="masked_mean"`), or of the
    unmasked ones (`"unmasked_mean"`, the finetuning rule).
 
-All randomness is stateless and keyed on `(seed, example index)`, so a seed
-gives the same batches every time; each epoch (with `repeat`) gets new
-masks. Batches are `(x, y)`: `x` the six backbone inputs, `y` a dict of
+The serialized records are batched before anything else: parsing and the
+reader's checks (`parse_region_batch`), pairing, tokenization, the region
+layout and both masks then run as one function of vectorised ops per batch,
+not a few dozen small ops per example.
+
+All randomness is stateless and keyed on `(seed, example index)` (per-row
+seeds, see `masking`), so a seed gives the same batches every time, an
+example draws the same whichever batch it lands in, and each epoch (with
+`repeat`) gets new masks. Batches are `(x, y)`: `x` the six backbone inputs, `y` a dict of
 `msm_labels`, `msm_weights`, `mrm_targets`, `mrm_weights`, `itm_labels`.
 `mrm_targets` holds every slot's stored class distribution (float16, as
 stored; the loss works in float32); only the slots with `mrm_weights` 1.0
 (the zeroed regions) are targets.
 """
 import dataclasses
-import os
 
 import numpy as np
 import tensorflow as tf
@@ -39,12 +44,12 @@ import tensorflow as tf
 from keras_interbert.data import masking
 from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.region_features import check_captions_against_images
+from keras_interbert.data.region_features import parse_region_batch
 from keras_interbert.data.region_features import read_captions
-from keras_interbert.data.region_features import read_manifest
-from keras_interbert.data.region_features import region_dataset
+from keras_interbert.data.region_features import region_dims
 from keras_interbert.data.region_features import region_files
 from keras_interbert.data.region_features import region_image_ids
-from keras_interbert.data.region_features import to_backbone_regions
+from keras_interbert.data.region_features import region_locations
 
 
 @dataclasses.dataclass
@@ -173,21 +178,35 @@ class CaptionIndex:
         return self.table.lookup(image_id)
 
 
-def _example_seed(seed, index, salt):
-    return tf.stack([tf.cast(seed, tf.int64) * 1000003 + salt,
-                     tf.cast(index, tf.int64)])
+def _row_seeds(seed, positions, salt):
+    """Per-example seeds `[B, 2]`: (seed, salt) and the example's index."""
+    positions = tf.cast(positions, tf.int64)
+    return tf.stack([tf.fill(tf.shape(positions),
+                             tf.constant(seed * 1000003 + salt, tf.int64)),
+                     positions], axis=1)
 
 
-def _draw_negative_caption(index, image_index, seed, position):
-    """A caption of a uniformly drawn image other than `image_index`."""
-    other = tf.random.stateless_uniform(
-        [], _example_seed(seed, position, 11), 0, index.num_images - 1,
-        dtype=tf.int64)
-    other = tf.where(other >= image_index, other + 1, other)
-    pick = tf.random.stateless_uniform(
-        [], _example_seed(seed, position, 13), 0, index.count[other],
-        dtype=tf.int64)
-    return index.start[other] + pick
+def _row_uniform(seed, positions, salt):
+    """One float64 in [0, 1) per example, keyed on (seed, salt, index)."""
+    keys = masking.row_keys(_row_seeds(seed, positions, salt))
+    return masking.row_uniform(tf.shape(positions), keys)
+
+
+def _uniform_below(u, limit):
+    """`floor(u * limit)`: UniformInt[0, limit - 1] from u ~ U[0, 1)."""
+    return tf.cast(tf.floor(u * tf.cast(limit, tf.float64)), tf.int64)
+
+
+class _Source:
+    """What `_prepare` found: shard paths, caption index, widths."""
+
+    def __init__(self, paths, index, feature_dim, num_classes, uncaptioned):
+        self.paths = paths
+        self.index = index
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+        # Some images have no caption (of this split): drop their records.
+        self.uncaptioned = uncaptioned
 
 
 def pretraining_dataset(regions, captions, tokenizer, config=None, split=None):
@@ -207,9 +226,23 @@ def pretraining_dataset(regions, captions, tokenizer, config=None, split=None):
     """
     config = config or PretrainingDataConfig()
     config.validate()
-    paths, index = _prepare(regions, captions, split)
-    return _batches(_examples(paths, index, tokenizer, config), index,
-                    tokenizer, config)
+    source = _prepare(regions, captions, split)
+    if config.bucket_lengths:
+        ds = _bucketed(_example_batches(source, tokenizer, config,
+                                        config.batch_size, False).unbatch(),
+                       config)
+        ds = ds.map(lambda e: _finish_batch(e, tokenizer, config),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        # Serialized records are batched first: parsing, checks, layout and
+        # every mask then run as a few vectorised ops per batch.
+        ds = _pairs(source, config).batch(
+            config.batch_size, drop_remainder=config.drop_remainder).map(
+            lambda position, item: _finish_batch(
+                _example_batch(position, item, source, tokenizer, config),
+                tokenizer, config),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def pretraining_examples(regions, captions, tokenizer, config=None, split=None):
@@ -217,13 +250,28 @@ def pretraining_examples(regions, captions, tokenizer, config=None, split=None):
 
     Each element holds `position` (its example number), `image_index`,
     `caption_index` (into `index.texts`; a caption of another image when
-    `itm_labels` is 1), `itm_labels` and the masked region slots. For
-    inspection and tests.
+    `itm_labels` is 1), `itm_labels`, the packed caption before text masking
+    (`token_ids` `[T]`, `length`), the region slots after region masking
+    (`region_features`, `region_locations`, `region_mask`, `[R+1, ...]`) and
+    the region targets over all slots: `mrm_weights` `[R+1]` (1.0 at a
+    zeroed region) and `mrm_targets` `[R+1, C]` (the stored distributions,
+    zero at slot 0 and padding). An example gets the same draws here as in
+    `pretraining_dataset` with the same config. For inspection and tests.
     """
     config = config or PretrainingDataConfig()
     config.validate()
-    paths, index = _prepare(regions, captions, split)
-    return _examples(paths, index, tokenizer, config), index
+    source = _prepare(regions, captions, split)
+    R = config.max_regions
+
+    def dense_targets(batch):
+        batch = dict(batch)
+        probs = batch.pop("class_probs")
+        batch["mrm_targets"] = tf.pad(
+            probs, [[0, 0], [1, R - tf.shape(probs)[1]], [0, 0]])
+        return batch
+
+    ds = _example_batches(source, tokenizer, config, config.batch_size, False)
+    return ds.map(dense_targets).unbatch(), source.index
 
 
 def _prepare(regions, captions, split):
@@ -234,183 +282,196 @@ def _prepare(regions, captions, split):
     paths = region_files(regions, split)
     image_ids = region_image_ids(paths)
     check_captions_against_images(captions, set(image_ids))
-    manifest = read_manifest(os.path.dirname(paths[0])) or {}
-    if manifest.get("num_classes") is None:
+    feature_dim, num_classes = region_dims(paths)
+    if num_classes is None:
         raise RegionDataError(
             "pretraining needs per-region class distributions (class_probs) "
             "as masked-region targets; the region files have none.",
             path=str(regions), kind="no_class_probs")
-    return paths, CaptionIndex(captions, image_ids)
+    index = CaptionIndex(captions, image_ids)
+    uncaptioned = bool(set(image_ids) - set(index.image_ids))
+    return _Source(paths, index, feature_dim, num_classes, uncaptioned)
 
 
-def _examples(paths, index, tokenizer, config):
-    seed = config.seed
-    T = config.sequence_length
+def _image_id(serialized):
+    spec = {"image_id": tf.io.FixedLenFeature([], tf.string)}
+    return tf.io.parse_single_example(serialized, spec)["image_id"]
+
+
+def _pairs(source, config):
+    """`(position, serialized)` or `(position, (serialized, caption_index))`."""
+    index = source.index
+    paths = source.paths
     if len(paths) >= config.num_workers:
-        paths = paths[config.worker_index::config.num_workers]
-        records = region_dataset(paths, class_probs_dtype=tf.float16)
+        records = tf.data.TFRecordDataset(
+            paths[config.worker_index::config.num_workers])
     else:
-        records = region_dataset(
-            paths, class_probs_dtype=tf.float16).shard(config.num_workers,
+        records = tf.data.TFRecordDataset(paths).shard(config.num_workers,
                                                        config.worker_index)
     if config.shuffle_buffer:
-        records = records.shuffle(config.shuffle_buffer, seed=seed,
+        records = records.shuffle(config.shuffle_buffer, seed=config.seed,
                                   reshuffle_each_iteration=True)
     if config.repeat:
         records = records.repeat()
-
     if config.captions_per_image == "all":
-        def with_captions(example):
-            k = index.lookup(example["image_id"])
+        def with_captions(serialized):
+            k = index.lookup(_image_id(serialized))
             count = tf.where(k >= 0, index.count[tf.maximum(k, 0)], 0)
             start = index.start[tf.maximum(k, 0)]
             return tf.data.Dataset.range(count).map(
-                lambda j: (example, k, start + j))
+                lambda j: (serialized, start + j))
 
-        pairs = records.flat_map(with_captions).enumerate()
-    else:
-        def with_image_index(example):
-            return example, index.lookup(example["image_id"])
-
-        pairs = (records.map(with_image_index)
-                 .filter(lambda example, k: k >= 0)
-                 .enumerate()
-                 .map(lambda position, item: (
-                     position, (*item, tf.constant(-1, tf.int64)))))
-
-    def per_example(position, item):
-        example, image_index, caption_index = item
-        # -1: one example per image per pass, with one of its captions.
-        drawn = index.start[image_index] + tf.random.stateless_uniform(
-            [], _example_seed(seed, position, 5), 0, index.count[image_index],
-            dtype=tf.int64)
-        caption_index = tf.where(caption_index < 0, drawn, caption_index)
-        regions = _mask_regions(example, _example_seed(seed, position, 4),
-                                config)
-        negative = tf.random.stateless_uniform(
-            [], _example_seed(seed, position, 1)) < config.negative_probability
-        other = _draw_negative_caption(index, image_index, seed, position)
-        element = {
-            "position": position,
-            "image_index": image_index,
-            "caption_index": tf.where(negative, other, caption_index),
-            "itm_labels": tf.cast(negative, tf.int32),
-            **regions,
-        }
-        if config.bucket_lengths:
-            pieces = tokenizer(index.texts[element["caption_index"]][tf.newaxis])
-            element["length"] = tf.minimum(
-                tf.cast(pieces.row_lengths()[0], tf.int32) + 2, T)
-        return element
-
-    return pairs.map(per_example, num_parallel_calls=tf.data.AUTOTUNE,
-                     deterministic=True)
+        return records.flat_map(with_captions).enumerate()
+    if source.uncaptioned:
+        records = records.filter(
+            lambda serialized: index.lookup(_image_id(serialized)) >= 0)
+    return records.enumerate()
 
 
-def _batches(ds, index, tokenizer, config):
-    if config.bucket_lengths:
-        lengths = tf.constant(config.bucket_lengths, tf.int32)
-
-        def bucket(e):
-            return tf.cast(tf.argmax(tf.cast(lengths >= e["length"], tf.int32)),
-                           tf.int64)
-
-        ds = ds.group_by_window(
-            key_func=bucket,
-            reduce_func=lambda key, window: window.padded_batch(
-                config.batch_size, drop_remainder=config.drop_remainder),
-            window_size=config.batch_size)
-    else:
-        # Padding only changes the variable-length MRM target lists.
-        ds = ds.padded_batch(config.batch_size,
-                             drop_remainder=config.drop_remainder)
-    ds = ds.map(lambda b: _mask_batch(b, index, tokenizer, config),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    options = tf.data.Options()
-    # Fewer, larger steps: the reader's parse/decode/check maps and ours run
-    # as one function per element.
-    options.experimental_optimization.map_fusion = True
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+def _example_batches(source, tokenizer, config, size, drop_remainder):
+    return _pairs(source, config).batch(size, drop_remainder=drop_remainder).map(
+        lambda position, item: _example_batch(position, item, source,
+                                              tokenizer, config),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _mask_regions(example, seed, config):
-    """The region slots of one image with masked region modelling applied.
+def _example_batch(position, item, source, tokenizer, config):
+    """Per-example fields of a batch of records: pairing, caption, regions.
 
-    Masking runs on the kept regions before the slots are laid out, so the
-    global slot is computed once, from the masked features (the original
-    pretraining code: zeroed regions count in the denominator) or from the
-    unmasked ones.
+    Every draw is keyed on `(seed, example index)`, so it does not depend on
+    which batch an example falls in.
+    """
+    index = source.index
+    seed = config.seed
+    T = config.sequence_length
+    if isinstance(item, tuple):
+        serialized, caption_index = item
+    else:  # one example per image per pass, with one of its captions
+        serialized, caption_index = item, tf.fill(tf.shape(position),
+                                                  tf.constant(-1, tf.int64))
+    parsed = parse_region_batch(
+        serialized, source.feature_dim, source.num_classes,
+        max_regions=config.max_regions, features_dtype=tf.float32,
+        class_probs_dtype=tf.float16)
+    image_index = index.lookup(parsed["image_id"])
+    count = tf.gather(index.count, image_index)
+    drawn = tf.gather(index.start, image_index) + _uniform_below(
+        _row_uniform(seed, position, 5), count)
+    caption_index = tf.where(caption_index < 0, drawn, caption_index)
+    # A caption of a uniformly drawn image other than this one.
+    other = _uniform_below(_row_uniform(seed, position, 11),
+                           index.num_images - 1)
+    other = tf.where(other >= image_index, other + 1, other)
+    other_caption = tf.gather(index.start, other) + _uniform_below(
+        _row_uniform(seed, position, 13), tf.gather(index.count, other))
+    negative = _row_uniform(seed, position, 1) < config.negative_probability
+    caption_index = tf.where(negative, other_caption, caption_index)
+
+    pieces = tokenizer(tf.gather(index.texts, caption_index))[:, : T - 2]
+    size = tf.shape(position)[0]
+    packed = tf.concat([tf.fill([size, 1], tokenizer.cls_id),
+                        tf.cast(pieces, tf.int32),
+                        tf.fill([size, 1], tokenizer.sep_id)], axis=1)
+    return {
+        "position": position,
+        "image_index": image_index,
+        "caption_index": caption_index,
+        "itm_labels": tf.cast(negative, tf.int32),
+        "token_ids": packed.to_tensor(default_value=tokenizer.pad_id,
+                                      shape=[None, T]),
+        "length": tf.cast(packed.row_lengths(), tf.int32),
+        **_region_slots(parsed, _row_seeds(seed, position, 4), config),
+    }
+
+
+def _region_slots(parsed, seeds, config):
+    """The image slots of a batch with masked region modelling applied.
+
+    Slot 0 is the global image token (mean of the kept regions' features,
+    masked or not as `config.global_feature` says, location [0, 0, 1, 1, 1]),
+    then the first R regions, then zero padding. Masking runs on the kept
+    regions only. `class_probs` keeps the K <= R parsed rows (the targets of
+    slots 1..K).
     """
     R = config.max_regions
-    boxes = example["boxes"][:R]
-    kept = tf.shape(boxes)[0]
-    real = tf.ones([kept], tf.int32)
+    boxes = parsed["boxes"]  # [B, K, 4], zero past each image's regions
+    features = parsed["features"]
+    size = tf.shape(boxes)[0]
+    K = tf.shape(boxes)[1]
+    kept = tf.minimum(parsed["num_boxes"], R)
+    real = tf.sequence_mask(kept, K)
     if config.mrm == "group":
-        scale = tf.cast(tf.stack([example["image_w"], example["image_h"]] * 2),
-                        tf.float32)
+        scale = tf.cast(tf.stack([parsed["image_w"], parsed["image_h"]] * 2,
+                                 axis=-1), tf.float32)[:, tf.newaxis]
         zeroed = masking.mask_region_groups(
-            boxes / scale, real, seed, example["image_h"], example["image_w"],
+            boxes / scale, real, seeds, parsed["image_h"], parsed["image_w"],
             probability=config.mrm_probability,
             iou_threshold=config.mrm_iou_threshold)
         targets = zeroed
     else:
-        targets, zeroed = masking.mask_regions_random(real, seed)
-    # Regions past the R kept ones are dropped by `to_backbone_regions`.
-    keep = tf.pad(1.0 - zeroed, [[0, tf.shape(example["boxes"])[0] - kept]],
-                  constant_values=1.0)
-    masked = example["features"] * keep[:, tf.newaxis]
-    regions = to_backbone_regions(example, max_regions=R, features=masked,
-                                  global_feature="kept_regions",
-                                  include_class_probs=False)
-    features = regions["region_features"]
-    if config.global_feature == "unmasked_mean":
-        unmasked = tf.reduce_mean(example["features"][:R], axis=0, keepdims=True)
-        features = tf.concat([unmasked, features[1:]], axis=0)
-    regions = {
-        "region_features": features,
-        "region_locations": regions["region_locations"],
-        "region_mask": regions["region_mask"],
+        targets, zeroed = masking.mask_regions_random(real, seeds)
+    masked = features * (1.0 - zeroed)[..., tf.newaxis]
+    count = tf.cast(tf.maximum(kept, 1), tf.float32)[:, tf.newaxis]
+    # Zeroed regions count in the denominator (the original pretraining
+    # code); padded rows are zero and add nothing.
+    mean_of = masked if config.global_feature == "masked_mean" else features
+    global_feature = tf.reduce_sum(mean_of, axis=1) / count
+    pad = R - K
+    feature_dim = features.shape[-1]
+    region_features = tf.concat([
+        global_feature[:, tf.newaxis], masked,
+        tf.zeros(tf.stack([size, pad, tf.shape(features)[2]]), features.dtype),
+    ], axis=1)
+    # Padded rows are zero boxes, so their locations are zero too.
+    locations = region_locations(boxes, parsed["image_h"][:, tf.newaxis],
+                                 parsed["image_w"][:, tf.newaxis])
+    region_locs = tf.concat([
+        tf.tile(tf.constant([[[0.0, 0.0, 1.0, 1.0, 1.0]]]), [size, 1, 1]),
+        locations, tf.zeros(tf.stack([size, pad, 5]))], axis=1)
+    return {
+        "region_features": tf.ensure_shape(region_features,
+                                           [None, R + 1, feature_dim]),
+        "region_locations": tf.ensure_shape(region_locs, [None, R + 1, 5]),
+        "region_mask": tf.sequence_mask(kept + 1, R + 1, dtype=tf.int32),
+        "mrm_weights": tf.pad(tf.cast(targets, tf.float32), [[0, 0], [1, pad]]),
+        "class_probs": parsed["class_probs"],
     }
-    if config.mrm_positions:
-        # Only the targets travel: their slots and stored distributions.
-        chosen = tf.cast(tf.where(targets > 0)[:, 0], tf.int32)
-        regions["mrm_positions"] = chosen + 1  # slot 0 is the global token
-        regions["mrm_targets"] = tf.gather(example["class_probs"], chosen)
-        regions["mrm_weights"] = tf.ones_like(chosen, tf.float32)
-    else:
-        regions["mrm_targets"] = tf.pad(
-            example["class_probs"][:R], [[1, R - kept], [0, 0]])
-        regions["mrm_weights"] = tf.pad(tf.cast(targets, tf.float32),
-                                        [[1, R - kept]])
-    return regions
 
 
-def _mask_batch(batch, index, tokenizer, config):
+def _bucketed(ds, config):
+    lengths = tf.constant(config.bucket_lengths, tf.int32)
+
+    def bucket(e):
+        return tf.cast(tf.argmax(tf.cast(lengths >= e["length"], tf.int32)),
+                       tf.int64)
+
+    # Padding only changes `class_probs`, whose row count varies by batch.
+    return ds.group_by_window(
+        key_func=bucket,
+        reduce_func=lambda key, window: window.padded_batch(
+            config.batch_size, drop_remainder=config.drop_remainder),
+        window_size=config.batch_size)
+
+
+def _finish_batch(batch, tokenizer, config):
+    """Text masking and the model's `(x, y)` from a batch of examples."""
     seed = config.seed
-    vocabulary_size = int(tokenizer.vocabulary_size())
-    first = batch["position"][0]
-    pieces = tokenizer(tf.gather(index.texts, batch["caption_index"]))
-    pieces = pieces[:, : config.sequence_length - 2]
-    size = tf.shape(batch["caption_index"])[0]
-    cls = tf.fill([size, 1], tokenizer.cls_id)
-    sep = tf.fill([size, 1], tokenizer.sep_id)
-    packed = tf.concat([cls, tf.cast(pieces, tf.int32), sep], axis=1)
     T = config.sequence_length
     if config.bucket_lengths:
         lengths = tf.constant(config.bucket_lengths, tf.int32)
-        longest = tf.cast(tf.reduce_max(packed.row_lengths()), tf.int32)
+        longest = tf.reduce_max(batch["length"])
         T = tf.gather(lengths, tf.argmax(tf.cast(lengths >= longest, tf.int32)))
-    token_ids = packed.to_tensor(default_value=tokenizer.pad_id,
-                                 shape=[None, config.sequence_length])[:, :T]
-    text_mask = tf.sequence_mask(packed.row_lengths(), T, dtype=tf.int32)
-    msm_seed = _example_seed(seed, first, 3)
+    token_ids = batch["token_ids"][:, :T]
+    text_mask = tf.sequence_mask(batch["length"], T, dtype=tf.int32)
+    msm_seeds = _row_seeds(seed, batch["position"], 3)
+    vocabulary_size = int(tokenizer.vocabulary_size())
     if config.msm == "span":
         masked_ids, msm_labels, msm_weights = masking.mask_segment_span(
-            token_ids, text_mask, msm_seed, vocabulary_size,
+            token_ids, text_mask, msm_seeds, vocabulary_size,
             tokenizer.mask_id, cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id)
     else:
         masked_ids, msm_labels, msm_weights = masking.mask_tokens_bert(
-            token_ids, text_mask, msm_seed, vocabulary_size,
+            token_ids, text_mask, msm_seeds, vocabulary_size,
             tokenizer.mask_id, cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id,
             probability=config.msm_token_probability)
 
@@ -426,16 +487,10 @@ def _mask_batch(batch, index, tokenizer, config):
         x["msm_positions"] = order
         msm_labels = tf.gather(msm_labels, order, batch_dims=1)
         msm_weights = tf.gather(msm_weights, order, batch_dims=1)
-    mrm = {k: batch[k] for k in ("mrm_targets", "mrm_weights")}
-    if config.mrm_positions:
-        # The batch's largest target count, rounded up to a multiple of 4
-        # (at least 4): few shapes to compile. Padding has weight 0.
-        count = tf.shape(batch["mrm_positions"])[1]
-        pad = 4 * ((tf.maximum(count, 1) + 3) // 4) - count
-        x["mrm_positions"] = tf.pad(batch["mrm_positions"], [[0, 0], [0, pad]])
-        mrm["mrm_weights"] = tf.pad(mrm["mrm_weights"], [[0, 0], [0, pad]])
-        mrm["mrm_targets"] = tf.pad(mrm["mrm_targets"],
-                                    [[0, 0], [0, pad], [0, 0]])
+    mrm_targets, mrm_weights, mrm_positions = _region_targets(
+        batch["mrm_weights"], batch["class_probs"], config)
+    if mrm_positions is not None:
+        x["mrm_positions"] = mrm_positions
     x.update({
         "token_ids": masked_ids,
         "segment_ids": tf.zeros_like(masked_ids),
@@ -447,11 +502,40 @@ def _mask_batch(batch, index, tokenizer, config):
     y = {
         "msm_labels": msm_labels,
         "msm_weights": msm_weights,
-        "mrm_targets": mrm["mrm_targets"],
-        "mrm_weights": mrm["mrm_weights"],
+        "mrm_targets": mrm_targets,
+        "mrm_weights": mrm_weights,
         "itm_labels": batch["itm_labels"],
     }
     return x, y
+
+
+def _region_targets(slot_weights, class_probs, config):
+    """`(mrm_targets, mrm_weights, mrm_positions or None)` of a batch.
+
+    `slot_weights` `[B, R+1]` marks the target slots; `class_probs`
+    `[B, K, C]` holds the distributions of slots 1..K.
+    """
+    R = config.max_regions
+    K = tf.shape(class_probs)[1]
+    if not config.mrm_positions:
+        targets = tf.pad(class_probs, [[0, 0], [1, R - K], [0, 0]])
+        return targets, slot_weights, None
+    # The targets' slots in order, padded with weight-0 entries (slot 0, zero
+    # distribution) to the batch's largest count rounded up to a multiple of
+    # 4 (at least 4): few shapes to compile.
+    is_target = tf.cast(slot_weights[:, 1:] > 0, tf.int32)
+    count = tf.reduce_max(tf.reduce_sum(is_target, axis=1))
+    width = 4 * ((tf.maximum(count, 1) + 3) // 4)
+    order = tf.argsort(is_target, axis=1, direction="DESCENDING",
+                       stable=True)[:, :width]
+    chosen = tf.gather(is_target, order, batch_dims=1)
+    pad = [[0, 0], [0, width - tf.shape(order)[1]]]
+    positions = tf.pad((order + 1) * chosen, pad)
+    # Target slots are real regions, so their rows lie below K.
+    targets = tf.gather(class_probs, tf.minimum(order, K - 1), batch_dims=1)
+    targets = tf.pad(targets * tf.cast(chosen, targets.dtype)[..., tf.newaxis],
+                     pad + [[0, 0]])
+    return targets, tf.pad(tf.cast(chosen, tf.float32), pad), positions
 
 
 def numpy_batches(dataset, count):
