@@ -8,6 +8,9 @@ import keras
 import tensorflow as tf
 
 from keras_interbert.export.export_options import ExportOptions
+from keras_interbert.export.image_serving import SCORE_IMAGE_IO
+from keras_interbert.export.image_serving import append_image_warmup
+from keras_interbert.export.image_serving import score_image_signature
 from keras_interbert.export.serving_signatures import matching_signatures
 from keras_interbert.export.serving_signatures import (
     multiple_choice_signatures,
@@ -87,7 +90,7 @@ def _tokenizer(options, backbone):
 
 
 def _signature_io(task, model, options, names):
-    described = dict(_SIGNATURE_IO)
+    described = dict(_SIGNATURE_IO, score_image=SCORE_IMAGE_IO)
     if task == "text_classifier":
         inputs = {"text": ("string", "[batch]")}
         if options.text_pairs:
@@ -107,7 +110,8 @@ def _signature_io(task, model, options, names):
 
 
 def export_for_serving(model, export_dir, options=None, model_name=None,
-                       overwrite=False):
+                       overwrite=False, image_extractor=None,
+                       grid_levels=(6,)):
     """Writes `model` as a SavedModel that TensorFlow Serving loads.
 
     The signatures take raw values (caption strings, region features and
@@ -131,6 +135,12 @@ def export_for_serving(model, export_dir, options=None, model_name=None,
         model_name: the name TensorFlow Serving serves the model under (in
             the warmup requests); defaults to the parent directory's name.
         overwrite: replace an existing `export_dir`.
+        image_extractor: optional `RegionFeatureExtractor` (or a `.keras`
+            path to one), for a matching model only: adds the `score_image`
+            signature (encoded image and caption in; decoding, resizing,
+            the extractor on `grid_levels` grid boxes and the model in the
+            graph; see `image_serving`).
+        grid_levels: the grid of regions `score_image` pools.
 
     Returns:
         The export's metadata (the content of `interbert_export.json`).
@@ -159,6 +169,10 @@ def export_for_serving(model, export_dir, options=None, model_name=None,
                "text_classifier": text_classifier_signatures,
                "multiple_choice": multiple_choice_signatures}[task]
     signatures = builder(model, tokenizer, packer, options)
+    if image_extractor is not None:
+        image_extractor = _image_extractor(image_extractor, task, backbone)
+        signatures.update(score_image_signature(
+            signatures["score"][0], image_extractor, grid_levels))
 
     export_dir = os.fspath(export_dir)
     if os.path.exists(export_dir):
@@ -173,6 +187,8 @@ def export_for_serving(model, export_dir, options=None, model_name=None,
 
     archive = keras.export.ExportArchive()
     archive.track(model)
+    if image_extractor is not None:
+        archive.track(image_extractor)
     with tempfile.TemporaryDirectory() as tmp:
         vocabulary_path = os.path.join(tmp, VOCABULARY_FILE)
         with open(vocabulary_path, "w", encoding="utf-8") as f:
@@ -221,13 +237,41 @@ def export_for_serving(model, export_dir, options=None, model_name=None,
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
     }
+    if image_extractor is not None:
+        metadata["image_extractor"] = {
+            "image_size": image_extractor.image_size,
+            "resize": "longer side to image_size (bilinear), zero padding "
+                      "bottom and right",
+            "grid_levels": list(grid_levels),
+            "feature_dim": image_extractor.feature_dim,
+            "feature_stride": image_extractor.feature_stride,
+        }
     path = os.path.join(export_dir, METADATA_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(metadata, f, indent=2)
     if options.warmup:
-        write_warmup_requests(export_dir, model_name, metadata)
+        # score_image's requests carry encoded images: written apart.
+        write_warmup_requests(export_dir, model_name, dict(
+            metadata, signature_names=[n for n in names
+                                       if n != "score_image"]))
+        if image_extractor is not None:
+            append_image_warmup(export_dir, model_name)
     return metadata
+
+
+def _image_extractor(extractor, task, backbone):
+    if task != "matching":
+        raise ValueError("image_extractor (score_image) needs a matching "
+                         f"model (retriever or pretrainer); this one is "
+                         f"{task!r}.")
+    if isinstance(extractor, (str, os.PathLike)):
+        extractor = keras.saving.load_model(extractor, compile=False)
+    if extractor.feature_dim != backbone.image_feature_dim:
+        raise ValueError(
+            f"image_extractor gives {extractor.feature_dim}-d features; the "
+            f"model expects image_feature_dim {backbone.image_feature_dim}.")
+    return extractor
 
 
 def next_version(model_dir):

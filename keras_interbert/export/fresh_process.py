@@ -65,6 +65,13 @@ def _to_numpy(value):
     return value
 
 
+def _as_image_bytes(value):
+    # Encoded images travel through the .npz as hex strings (binary data
+    # does not survive a str array).
+    return tf.constant([bytes.fromhex(v) for v in value.astype(str)],
+                       tf.string)
+
+
 def _as_tensor(value):
     if value.dtype.kind in "UO":
         return tf.constant(value.astype(str).tolist() if value.ndim else
@@ -132,7 +139,8 @@ def main(argv=None):
         for signature, inputs in requests.items():
             # "NAME#i" is the i-th request to signature NAME.
             outputs = loaded.signatures[signature.split("#")[0]](
-                **{k: _as_tensor(v) for k, v in inputs.items()})
+                **{k: _as_image_bytes(v) if k == "image_bytes"
+                   else _as_tensor(v) for k, v in inputs.items()})
             called[signature] = sorted(outputs)
             for name, value in outputs.items():
                 results[f"{signature}/{name}"] = _to_numpy(value)

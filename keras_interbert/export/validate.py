@@ -71,6 +71,10 @@ def validation_inputs(metadata, signature, batch_size, seed=0):
         signature = metadata["serving_default"]
     x = example_inputs(metadata, signature, batch_size, seed=seed,
                        num_given_regions=slots + 3)
+    if "image_bytes" in metadata["signatures"][signature]["inputs"]:
+        from keras_interbert.export.image_serving import example_image_bytes
+
+        x["image_bytes"] = example_image_bytes(batch_size, seed)
     if batch_size >= 5:
         words = " ".join(["horse", "beach", "runs", "brown"]
                          * metadata["sequence_length"])
@@ -97,7 +101,9 @@ def _npz_inputs(requests):
     for signature, batches in requests.items():
         for i, inputs in enumerate(batches):
             for name, value in inputs.items():
-                if value.dtype == object:
+                if name == "image_bytes":
+                    value = np.array([bytes(v).hex() for v in value])
+                elif value.dtype == object:
                     value = value.astype(str)
                 flat[f"{signature}#{i}/{name}"] = value
     return flat
@@ -197,12 +203,26 @@ def pipeline_inputs(export_dir, metadata, inputs, columns=("text",)):
     return x
 
 
-def keras_reference(model, export_dir, metadata, signature, inputs):
+def keras_reference(model, export_dir, metadata, signature, inputs,
+                    image_extractor=None):
     """The Keras model's outputs for one request (see `pipeline_inputs`).
 
-    Runs under any Keras backend.
+    Runs under any Keras backend. `score_image` needs `image_extractor`
+    (without it nothing is compared): the images go through the Python
+    extraction pipeline (`keras_interbert.vision.extract_regions`), then
+    the `score` reference.
     """
     import keras
+
+    if signature == "score_image":
+        if image_extractor is None:
+            return {}
+        from keras_interbert.export.image_serving import python_score_inputs
+
+        return keras_reference(
+            model, export_dir, metadata, "score", python_score_inputs(
+                image_extractor, inputs,
+                metadata["image_extractor"]["grid_levels"]))
 
     backbone = model.backbone
 
@@ -290,7 +310,8 @@ def _check_report(report, metadata, problems):
 
 
 def validate_export(export_dir, model=None, atol=1e-5,
-                    batch_sizes=VALIDATION_BATCH_SIZES, run_cli=True):
+                    batch_sizes=VALIDATION_BATCH_SIZES, run_cli=True,
+                    image_extractor=None):
     """Validates an export; raises `ExportValidationError` listing problems.
 
     Args:
@@ -300,6 +321,8 @@ def validate_export(export_dir, model=None, atol=1e-5,
         atol: largest absolute difference from the Keras outputs.
         batch_sizes: batch sizes of the requests sent to every signature.
         run_cli: also read the export with `saved_model_cli show --all`.
+        image_extractor: the `RegionFeatureExtractor` (or `.keras` path) of
+            a `score_image` export, to match that signature too.
 
     Returns:
         A summary dict: the fresh process's report, the largest difference
@@ -342,12 +365,17 @@ def validate_export(export_dir, model=None, atol=1e-5,
             from keras_interbert.models.loading import load_interbert
 
             model = load_interbert(model)
+        if isinstance(image_extractor, (str, os.PathLike)):
+            import keras
+
+            image_extractor = keras.saving.load_model(image_extractor,
+                                                      compile=False)
         for signature, batches in requests.items():
             name = (metadata["serving_default"]
                     if signature == "serving_default" else signature)
             for i, inputs in enumerate(batches):
                 expected = keras_reference(model, export_dir, metadata, name,
-                                           inputs)
+                                           inputs, image_extractor)
                 for output, want in expected.items():
                     got = outputs[f"{signature}#{i}/{output}"]
                     diff = float(np.max(np.abs(got.astype(np.float64)
@@ -383,11 +411,14 @@ def main(argv=None):
     parser.add_argument("--model", help="the .keras file the export was made "
                         "from, to match outputs against")
     parser.add_argument("--atol", type=float, default=1e-5)
+    parser.add_argument("--image-extractor", default=None,
+                        help="the extractor .keras of a score_image export")
     parser.add_argument("--no-cli", action="store_true",
                         help="skip `saved_model_cli show --all`")
     args = parser.parse_args(argv)
     try:
         summary = validate_export(args.export_dir, model=args.model,
+                                  image_extractor=args.image_extractor,
                                   atol=args.atol, run_cli=not args.no_cli)
     except ExportValidationError as e:
         print(f"FAILED: {e}", file=sys.stderr)
