@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
+QUICKSTART_ARGS ?=
 
 .PHONY: install test test-tensorflow test-jax test-torch quickstart benchmark clean
 
@@ -29,10 +30,10 @@ test-%: install
 	KERAS_BACKEND=$* $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 quickstart: install
-	$(BIN)/python recipes/quickstart.py
+	KERAS_BACKEND=tensorflow $(BIN)/python recipes/quickstart.py $(QUICKSTART_ARGS)
 
 benchmark: install
-	$(BIN)/python benchmarks/forward_throughput.py
+	$(BIN)/python benchmarks/training_throughput.py --configs tiny small published
 
 clean:
 	rm -rf $(VENV) reports runs

@@ -1,98 +1,271 @@
-"""The quickstart: what the project can do today, end to end, on this machine.
+"""The quickstart: the whole story on the bundled data set, on this machine.
 
-1. Builds the tiny preset, runs a forward pass of the backbone and of the
-   pretraining heads on a batch of random inputs at the published input
-   shapes (36 text tokens, 37 image slots), and prints the output shapes and
-   the parameter counts.
-2. Generates the bundled data set (rendered scenes, English captions, region
-   features from the pixels) and pretrains the tiny model on it for a few
-   hundred steps with `recipes/pretrain.py` (MSM + MRM + ITM), printing the
-   first and last epoch's metrics and where the `.keras` file and the
-   training curves are.
+1. Generates the bundled data set (rendered scenes of coloured shapes,
+   English and Chinese captions, region features computed from the pixels).
+2. Pretrains the tiny model on it (MSM + MRM + ITM) with `recipes/pretrain.py`.
+3. Evaluates zero-shot retrieval (the pretrained matching head, no
+   finetuning) on the held-out test split.
+4. Finetunes retrieval (`recipes/finetune_retrieval.py`) and evaluates it on
+   the same split.
+5. Exports the finetuned `.keras` file as a SavedModel for TF Serving and
+   scores one request (a caption and an image's region features) against it,
+   loaded the way the server loads it.
+6. Prints the table (zero-shot and finetuned Recall@1/5/10 next to the
+   random-ranking baseline) and writes `reports/quickstart[_zh].md` with the
+   plots.
 
-Later stages (retrieval finetuning and evaluation, export) join this script as
-they land.
+`--language zh` runs the same story with the Chinese preset and captions.
+Needs the TensorFlow backend for the export step (`make quickstart` sets it).
+
+    KERAS_BACKEND=tensorflow .venv/bin/python recipes/quickstart.py [--language zh]
 """
 import argparse
+import json
+import os
+import shutil
+import sys
 import time
 
-import numpy as np
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 
 
-def random_batch(batch, text_len, slots, feature_dim, vocabulary_size, seed):
-    rng = np.random.default_rng(seed)
-    text_mask = (np.arange(text_len)[None] < rng.integers(5, text_len + 1, (batch, 1))).astype("int32")
-    region_mask = (np.arange(slots)[None] < rng.integers(2, slots + 1, (batch, 1))).astype("int32")
-    boxes = np.sort(rng.random((batch, slots, 2, 2)), axis=2)
-    x1, y1, x2, y2 = boxes[..., 0, 0], boxes[..., 0, 1], boxes[..., 1, 0], boxes[..., 1, 1]
-    locations = np.stack([x1, y1, x2, y2, (x2 - x1) * (y2 - y1)], -1)
-    locations[:, 0] = [0, 0, 1, 1, 1]
-    return {
-        "token_ids": (rng.integers(1000, vocabulary_size, (batch, text_len)) * text_mask).astype("int32"),
-        "segment_ids": np.zeros((batch, text_len), "int32"),
-        "text_mask": text_mask,
-        "region_features": (rng.random((batch, slots, feature_dim)) * region_mask[..., None]).astype("float32"),
-        "region_locations": locations.astype("float32"),
-        "region_mask": region_mask,
-    }
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--language", choices=("en", "zh"), default="en")
+    p.add_argument("--out", default=None,
+                   help="Run directory (default: runs/quickstart[_zh]).")
+    p.add_argument("--report", default=None,
+                   help="Report path (default: reports/quickstart[_zh].md).")
+    p.add_argument("--num-images", type=int, default=1000)
+    p.add_argument("--feature-dim", type=int, default=256)
+    p.add_argument("--max-regions", type=int, default=8)
+    p.add_argument("--pretrain-steps", type=int, default=400)
+    p.add_argument("--pretrain-learning-rate", type=float, default=1e-3)
+    p.add_argument("--finetune-epochs", type=int, default=4)
+    p.add_argument("--finetune-steps-per-epoch", type=int, default=60)
+    p.add_argument("--finetune-learning-rate", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--skip-export", action="store_true")
+    return p.parse_args(argv)
+
+
+def _t2i(report):
+    return report["modes"]["full"]["text_to_image"]
+
+
+def _at(summary, k):
+    recall = summary["recall"]
+    return float(recall[str(k)] if str(k) in recall else recall[k])
+
+
+def score_one_request(export_dir, data, language, max_regions):
+    """Scores a true and a wrong caption of one test image with the export."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_interbert.data.region_features import read_captions
+    from keras_interbert.data.region_features import region_dataset
+
+    example = next(iter(region_dataset(os.path.join(data, "regions"),
+                                       split="test").take(1)))
+    image_id = example["image_id"].numpy().decode()
+    captions = [c for c in read_captions(
+        os.path.join(data, f"captions_{language}.jsonl"))
+        if c.get("split") == "test"]
+    true = next(c["caption"] for c in captions if c["image_id"] == image_id)
+    wrong = next(c["caption"] for c in captions if c["image_id"] != image_id)
+    n = int(example["num_boxes"])
+    loaded = tf.saved_model.load(export_dir)
+    score = loaded.signatures["score"]
+    features = np.asarray(example["features"], np.float32)[None].repeat(2, 0)
+    boxes = np.asarray(example["boxes"], np.float32)[None].repeat(2, 0)
+    size = np.array([[int(example["image_h"]), int(example["image_w"])]] * 2,
+                    np.int32)
+    out = score(text=tf.constant([true, wrong]),
+                region_features=tf.constant(features),
+                region_boxes=tf.constant(boxes),
+                image_size=tf.constant(size),
+                num_regions=tf.constant([n, n], tf.int32))
+    probabilities = out["match_probability"].numpy().tolist()
+    return {"image_id": image_id, "num_regions": n,
+            "true_caption": true, "true_probability": probabilities[0],
+            "other_caption": wrong, "other_probability": probabilities[1]}
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="interbert_tiny_en")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--out", default="runs/quickstart")
-    parser.add_argument("--pretrain-steps", type=int, default=200)
-    parser.add_argument("--skip-pretraining", action="store_true")
-    args = parser.parse_args(argv)
-
+    args = parse_args(argv)
+    sys.path.insert(0, HERE)
     import keras
 
-    import keras_interbert
-
-    print(f"keras {keras.__version__}, backend {keras.config.backend()}")
+    suffix = "" if args.language == "en" else f"_{args.language}"
+    out = args.out or os.path.join(ROOT, "runs", f"quickstart{suffix}")
+    report_path = args.report or os.path.join(ROOT, "reports",
+                                              f"quickstart{suffix}.md")
+    os.makedirs(out, exist_ok=True)
+    timings = {}
     start = time.time()
-    pretrainer = keras_interbert.InterBERTPretrainer.from_preset(args.preset)
-    backbone = pretrainer.backbone
-    inputs = random_batch(args.batch_size, 36, 37, backbone.image_feature_dim,
-                          backbone.vocabulary_size, seed=0)
-    features = backbone(inputs, training=False)
-    logits = pretrainer(inputs, training=False)
-    print(f"\npreset {args.preset} (built and run in {time.time() - start:.1f} s)")
-    print(f"{'input':<18} shape")
-    for name, value in inputs.items():
-        print(f"  {name:<16} {tuple(value.shape)}")
-    print(f"{'output':<18} shape")
-    for name, value in list(features.items()) + list(logits.items()):
-        print(f"  {name:<16} {tuple(value.shape)}")
-    print(f"\nbackbone parameters:   {backbone.count_params():,}")
-    print(f"pretrainer parameters: {pretrainer.count_params():,}")
-    print("(the published configuration, interbert_base_en: 154,573,568 / "
-          "157,021,565)")
-    if args.skip_pretraining:
-        return
-    import os
-    import sys
+    print(f"keras {keras.__version__}, backend {keras.config.backend()}, "
+          f"language {args.language}")
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import evaluate_retrieval
+    import finetune_retrieval
     import pretrain
 
-    print(f"\n== Pretraining the tiny model on the bundled data set "
+    # 1-2. Data and pretraining.
+    print(f"\n== 1-2. Bundled data set and pretraining "
           f"({args.pretrain_steps} steps) ==")
-    summary = pretrain.main([
-        "--out", os.path.join(args.out, "pretrain"),
-        "--num-images", "1000", "--feature-dim", "256",
-        "--steps", str(args.pretrain_steps), "--steps-per-epoch", "50",
-        "--batch-size", "32", "--max-regions", "8", "--learning-rate", "2e-3",
-        "--validation-steps", "4", "--verbose", "2",
+    t = time.time()
+    pretrained = pretrain.main([
+        "--out", os.path.join(out, "pretrain"), "--language", args.language,
+        "--num-images", str(args.num_images),
+        "--feature-dim", str(args.feature_dim),
+        "--max-regions", str(args.max_regions),
+        "--steps", str(args.pretrain_steps), "--steps-per-epoch", "100",
+        "--batch-size", "32",
+        "--learning-rate", str(args.pretrain_learning_rate),
+        "--validation-steps", "4", "--seed", str(args.seed), "--verbose", "2",
     ])
-    print(f"\n{'metric':<16} {'first epoch':>12} {'last epoch':>12}")
-    for name in ("msm_accuracy", "msm_loss", "mrm_loss", "itm_accuracy",
-                 "itm_loss"):
-        print(f"{name:<16} {summary['first'][name]:>12.4f} "
-              f"{summary['final'][name]:>12.4f}")
-    print(f"\npretrained model: {summary['model']}")
-    print(f"training curves:  {os.path.join(args.out, 'pretrain', 'training_curves.png')}")
+    timings["data + pretraining"] = time.time() - t
+    data = pretrained["data"]
+
+    # 3. Zero-shot retrieval.
+    print("\n== 3. Zero-shot retrieval (pretrained matching head) ==")
+    t = time.time()
+    zero_dir = os.path.join(out, "zero_shot")
+    status = evaluate_retrieval.main([
+        "--model", pretrained["model"], "--data", data,
+        "--language", args.language, "--split", "test",
+        "--max-regions", str(args.max_regions), "--out", zero_dir,
+        "--no-progress"])
+    if status != 0:
+        raise SystemExit(f"zero-shot evaluation stopped (status {status}).")
+    with open(os.path.join(zero_dir, "retrieval_metrics.json")) as f:
+        zero_shot = json.load(f)
+    timings["zero-shot evaluation"] = time.time() - t
+
+    # 4. Finetuning and evaluation.
+    print("\n== 4. Retrieval finetuning and evaluation ==")
+    t = time.time()
+    finetuned = finetune_retrieval.main([
+        "--init", pretrained["model"], "--data", data,
+        "--language", args.language, "--out", os.path.join(out, "retrieval"),
+        "--epochs", str(args.finetune_epochs),
+        "--steps-per-epoch", str(args.finetune_steps_per_epoch),
+        "--batch-size", "16", "--max-regions", str(args.max_regions),
+        "--learning-rate", str(args.finetune_learning_rate),
+        "--decay-epochs", "", "--seed", str(args.seed), "--verbose", "2"])
+    timings["finetuning + evaluation"] = time.time() - t
+
+    # 5. Export and one request.
+    request = None
+    export_dir = None
+    if not args.skip_export:
+        print("\n== 5. SavedModel export and one request ==")
+        t = time.time()
+        from keras_interbert.export import ExportOptions
+        from keras_interbert.export import export_for_serving
+
+        export_dir = os.path.join(out, "saved_models", f"interbert_retrieval"
+                                  f"{suffix}", "1")
+        export_for_serving(
+            finetuned["model"], export_dir,
+            ExportOptions(max_regions=args.max_regions), overwrite=True)
+        request = score_one_request(export_dir, data, args.language,
+                                    args.max_regions)
+        timings["export + request"] = time.time() - t
+    timings["total"] = time.time() - start
+
+    # 6. Table and report.
+    random = zero_shot["random_baseline"]["text_to_image"]
+    rows = [("random ranking", random), ("zero-shot", _t2i(zero_shot)),
+            ("finetuned", _t2i(finetuned["evaluation"]))]
+    protocol = finetuned["evaluation"].get("protocol", {})
+    lines = [
+        f"| text -> image ({protocol.get('num_images', '?')} test images, "
+        f"{protocol.get('num_captions', '?')} captions) | R@1 | R@5 | R@10 |",
+        "|---|---|---|---|",
+    ] + [f"| {name} | {_at(s, 1):.1f} | {_at(s, 5):.1f} | {_at(s, 10):.1f} |"
+         for name, s in rows]
+    print("\n" + "\n".join(lines))
+    pre = pretrained
+    metric_lines = [
+        "| pretraining metric | first epoch | last epoch |", "|---|---|---|"]
+    for name in ("msm_accuracy", "mrm_loss", "itm_accuracy", "val_msm_accuracy",
+                 "val_mrm_loss", "val_itm_accuracy"):
+        if name in pre["final"]:
+            metric_lines.append(f"| {name} | {pre['first'][name]:.3f} | "
+                                f"{pre['final'][name]:.3f} |")
+    print("\n" + "\n".join(metric_lines))
+    if request:
+        print(f"\nSavedModel {export_dir}: image {request['image_id']}\n"
+              f"  match probability of its caption {request['true_caption']!r}:"
+              f" {request['true_probability']:.3f}\n"
+              f"  of another image's caption {request['other_caption']!r}: "
+              f"{request['other_probability']:.3f}")
+    write_report(report_path, args, out, lines, metric_lines, request,
+                 export_dir, timings, zero_dir, finetuned)
+    print(f"\nReport: {report_path}")
+    for name, seconds in timings.items():
+        print(f"  {name:<24} {seconds:7.1f} s")
+    return {"zero_shot": _t2i(zero_shot), "finetuned": _t2i(
+        finetuned["evaluation"]), "random": random, "request": request,
+        "timings": timings, "pretraining": pre}
+
+
+def write_report(path, args, out, table, metric_lines, request, export_dir,
+                 timings, zero_dir, finetuned):
+    import keras
+
+    folder = os.path.dirname(os.path.abspath(path))
+    images = os.path.join(folder, os.path.splitext(os.path.basename(path))[0])
+    os.makedirs(images, exist_ok=True)
+    plots = [
+        ("Pretraining curves", os.path.join(out, "pretrain",
+                                            "training_curves.png")),
+        ("Zero-shot recall at K", os.path.join(zero_dir,
+                                               "retrieval_recall.png")),
+        ("Finetuning curves", os.path.join(out, "retrieval",
+                                           "training_curves.png")),
+        ("Finetuned recall at K", os.path.join(out, "retrieval", "evaluation",
+                                               "retrieval_recall.png")),
+    ]
+    body = [
+        f"# Quickstart report ({args.language})", "",
+        f"Backend {keras.config.backend()}, keras {keras.__version__}, seed "
+        f"{args.seed}; the tiny preset (`interbert_tiny_{args.language}`) on "
+        f"the bundled data set ({args.num_images} images, "
+        f"{args.feature_dim}-d region features, {args.max_regions} regions + "
+        f"the global slot). Run directory: `{os.path.relpath(out, ROOT)}`.", "",
+        "## Retrieval on the held-out test split", "",
+        *table, "",
+        "Zero-shot is the pretrained model's matching head with no "
+        "finetuning; random is the exact expectation of a random ranking.",
+        "", "## Pretraining", "", *metric_lines, "",
+    ]
+    if request:
+        body += [
+            "## The exported SavedModel", "",
+            f"`{os.path.relpath(export_dir, ROOT)}` (signatures `score`, "
+            "`embed`; raw text and pixel boxes in), one request:", "",
+            f"- image `{request['image_id']}` ({request['num_regions']} "
+            "regions)",
+            f"- its caption \"{request['true_caption']}\": match probability "
+            f"{request['true_probability']:.3f}",
+            f"- another image's caption \"{request['other_caption']}\": "
+            f"{request['other_probability']:.3f}", ""]
+    body += ["## Time", "", "| step | seconds |", "|---|---|"]
+    body += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    body += [""]
+    for title, source in plots:
+        if os.path.exists(source):
+            target = os.path.join(images, os.path.basename(
+                os.path.dirname(source)) + "_" + os.path.basename(source))
+            shutil.copyfile(source, target)
+            body += [f"## {title}", "",
+                     f"![{title}]({os.path.relpath(target, folder)})", ""]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(body))
 
 
 if __name__ == "__main__":
