@@ -270,7 +270,7 @@ def test_module_runs_with_python_m(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "keras_interbert.data.convert", "tsv",
          str(tsv), "--output-dir", str(tmp_path / "o"), "--no-progress"],
-        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=120)
+        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["num_written"] == 2
     assert_matches(tmp_path / "o", images)

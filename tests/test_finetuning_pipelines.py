@@ -364,7 +364,7 @@ def test_hard_negative_cli(bundled, raw_regions, tmp_path):
         [sys.executable, "-m", "keras_interbert.data.hard_negatives",
          "--regions", os.path.join(bundled, "regions"), "--split", "train",
          "--k", "10", "--out", out],
-        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=120)
+        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["k"] == 10 and summary["num_images"] == 64

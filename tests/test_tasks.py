@@ -106,7 +106,7 @@ def run_stage(backend, *args):
     env = dict(os.environ, KERAS_BACKEND=backend)
     result = subprocess.run(
         [sys.executable, os.path.join(HERE, "task_round_trip.py"), *args],
-        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout
 
