@@ -7,7 +7,7 @@ BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
 QUICKSTART_ARGS ?=
 
-.PHONY: install test test-tensorflow test-jax test-torch quickstart benchmark clean
+.PHONY: install test test-serial test-tensorflow test-jax test-torch quickstart benchmark clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,27 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# The three backends run at the same time (each in its own pytest process,
+# with its own temporary folder and log); the logs are printed in order when
+# all have finished. Much of the suite waits on single-threaded work (imports,
+# subprocesses, compilation), which overlaps well even on two cores (see
+# docs/benchmarks.md). `make test-serial` runs them one after the other.
 test: install
+	@rm -rf .test-runs; mkdir -p .test-runs; \
+	for backend in $(BACKENDS); do \
+	  ( KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -p no:cacheprovider \
+	      --basetemp=.test-runs/tmp-$$backend $(PYTEST_ARGS) \
+	      > .test-runs/$$backend.log 2>&1; echo $$? > .test-runs/$$backend.status ) & \
+	done; wait; status=0; \
+	for backend in $(BACKENDS); do \
+	  echo "=== KERAS_BACKEND=$$backend"; cat .test-runs/$$backend.log; \
+	  [ "$$(cat .test-runs/$$backend.status)" = 0 ] || status=1; \
+	done; \
+	for backend in $(BACKENDS); do \
+	  echo "KERAS_BACKEND=$$backend: $$(tail -n 1 .test-runs/$$backend.log)"; \
+	done; exit $$status
+
+test-serial: install
 	@status=0; for backend in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$backend"; \
 	  KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) || status=1; \
@@ -36,4 +56,4 @@ benchmark: install
 	$(BIN)/python benchmarks/training_throughput.py --configs tiny small published
 
 clean:
-	rm -rf $(VENV) reports runs
+	rm -rf $(VENV) reports runs .test-runs
