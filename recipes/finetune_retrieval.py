@@ -89,6 +89,7 @@ def main(argv=None):
     from keras_interbert.preprocessing import InterBERTTokenizer
     from keras_interbert.training import finetuning_optimizer
     from keras_interbert.training import plot_history
+    from keras_interbert.training import save_model_atomically
 
     os.makedirs(args.out, exist_ok=True)
     regions = os.path.join(args.data, "regions")
@@ -135,10 +136,8 @@ def main(argv=None):
     history = retriever.fit(train, epochs=args.epochs, steps_per_epoch=steps,
                             callbacks=callbacks, verbose=args.verbose)
     train_seconds = time.time() - start
-    final = os.path.join(args.out, "finetuned.keras")
-    partial = os.path.join(args.out, "finetuned.partial.keras")
-    retriever.save(partial)
-    os.replace(partial, final)
+    final = save_model_atomically(retriever, os.path.join(args.out,
+                                                          "finetuned.keras"))
     plot_history({k: list(v) for k, v in history.history.items()},
                  os.path.join(args.out, "training_curves.png"),
                  title=f"retrieval finetuning ({keras.config.backend()})")

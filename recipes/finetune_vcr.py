@@ -76,6 +76,7 @@ def main(argv=None):
     from keras_interbert.preprocessing import InterBERTTokenizer
     from keras_interbert.training import finetuning_optimizer
     from keras_interbert.training import plot_history
+    from keras_interbert.training import save_model_atomically
 
     os.makedirs(args.out, exist_ok=True)
     regions = os.path.join(args.data, "regions")
@@ -124,9 +125,8 @@ def main(argv=None):
                         steps_per_epoch=steps, callbacks=callbacks,
                         verbose=args.verbose)
     seconds = time.time() - start
-    final = os.path.join(args.out, "finetuned.keras")
-    model.save(os.path.join(args.out, "finetuned.partial.keras"))
-    os.replace(os.path.join(args.out, "finetuned.partial.keras"), final)
+    final = save_model_atomically(model, os.path.join(args.out,
+                                                      "finetuned.keras"))
     plot_history({k: list(v) for k, v in history.history.items()},
                  os.path.join(args.out, "training_curves.png"),
                  title=f"VCR-style finetuning ({keras.config.backend()})")

@@ -142,6 +142,7 @@ def main(argv=None):
     from keras_interbert.training import completed_epochs
     from keras_interbert.training import make_strategy
     from keras_interbert.training import plot_history
+    from keras_interbert.training import save_model_atomically
 
     os.makedirs(args.out, exist_ok=True)
     data = args.data or ensure_bundled_data(args)
@@ -215,10 +216,8 @@ def main(argv=None):
               validation_data=val, validation_steps=args.validation_steps,
               callbacks=callbacks, verbose=args.verbose)
     elapsed = time.time() - start
-    final = os.path.join(args.out, "pretrained.keras")
-    partial = os.path.join(args.out, "pretrained.partial.keras")
-    model.save(partial)
-    os.replace(partial, final)
+    final = save_model_atomically(model, os.path.join(args.out,
+                                                      "pretrained.keras"))
 
     history = _read_csv(os.path.join(args.out, "history.csv"))
     plot_history(history, os.path.join(args.out, "training_curves.png"),

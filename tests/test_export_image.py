@@ -12,7 +12,6 @@ from keras_interbert.export import ExportOptions
 from keras_interbert.export import export_for_serving
 from keras_interbert.export.image_serving import example_image_bytes
 from keras_interbert.export.image_serving import python_score_inputs
-from keras_interbert.export.validate import read_metadata
 from keras_interbert.export.validate import validate_export
 from keras_interbert.vision import RegionFeatureExtractor
 from keras_interbert.vision import resnet_backbone

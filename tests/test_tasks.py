@@ -14,7 +14,6 @@ from conftest import TINY_BACKBONE
 from conftest import random_backbone_inputs
 from conftest import to_numpy
 
-import keras_interbert
 from keras_interbert import InterBERTBackbone
 from keras_interbert import InterBERTMultipleChoice
 from keras_interbert import InterBERTPretrainer
@@ -314,3 +313,13 @@ def test_text_classifier_learns_a_word_rule():
     assert accuracy >= 0.9
     assert all(not v.trainable for layer in model.backbone.image_stream_layers
                for v in layer.weights)
+
+
+def test_save_model_atomically_leaves_no_partial_file(tmp_path, pretrainer):
+    from keras_interbert.training import save_model_atomically
+
+    path = save_model_atomically(pretrainer, tmp_path / "model.keras")
+    assert sorted(os.listdir(tmp_path)) == ["model.keras"]
+    assert isinstance(load_interbert(path), InterBERTPretrainer)
+    with pytest.raises(ValueError, match="expected a .keras path"):
+        save_model_atomically(pretrainer, tmp_path / "model.h5")

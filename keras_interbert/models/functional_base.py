@@ -40,3 +40,34 @@ class FunctionalBase(keras.Model):
             checked, self._image_feature_dim(), type(self).__name__
         )
         return super().__call__(inputs, *args, **kwargs)
+
+
+class BackboneTask(FunctionalBase):
+    """Base of the models that hold an `InterBERTBackbone` as `self.backbone`.
+
+    Serializes the backbone and the dtype policy in `get_config` (subclasses
+    add their own arguments with `_task_config`) and rebuilds both in
+    `from_config`.
+    """
+
+    def _task_config(self):
+        return {}
+
+    def get_config(self):
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "backbone": keras.layers.serialize(self.backbone),
+        }
+        config.update(self._task_config())
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("backbone"), dict):
+            config["backbone"] = keras.layers.deserialize(config["backbone"])
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)

@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 
-from keras_interbert.models.functional_base import FunctionalBase
+from keras_interbert.models.functional_base import BackboneTask
 from keras_interbert.models.input_checks import BACKBONE_INPUT_NAMES
 from keras_interbert.models.input_checks import check_backbone_inputs
 from keras_interbert.models.interbert_backbone import InterBERTBackbone
@@ -20,7 +20,7 @@ class _Folded:
 
 
 @keras.saving.register_keras_serializable(package="keras_interbert")
-class InterBERTMultipleChoice(FunctionalBase):
+class InterBERTMultipleChoice(BackboneTask):
     """VCR-style multiple choice (spec section 4.2).
 
     Every (question, option) pair goes through the backbone with the image;
@@ -130,24 +130,8 @@ class InterBERTMultipleChoice(FunctionalBase):
             labels.append(np.asarray(y))
         return np.concatenate(predicted), np.concatenate(labels)
 
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "backbone": keras.layers.serialize(self.backbone),
-            "num_options": self.num_options,
-            "dropout": self.dropout,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("backbone"), dict):
-            config["backbone"] = keras.layers.deserialize(config["backbone"])
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
+    def _task_config(self):
+        return {"num_options": self.num_options, "dropout": self.dropout}
 
     @classmethod
     def from_preset(cls, preset, num_options=4, **overrides):

@@ -4,7 +4,7 @@ from keras import ops
 from keras_interbert.layers.image_text_matching_head import ImageTextMatchingHead
 from keras_interbert.layers.masked_region_head import MaskedRegionHead
 from keras_interbert.layers.masked_segment_head import MaskedSegmentHead
-from keras_interbert.models.functional_base import FunctionalBase
+from keras_interbert.models.functional_base import BackboneTask
 from keras_interbert.models.interbert_backbone import InterBERTBackbone
 from keras_interbert.models.pretraining_objective import PretrainingObjective
 from keras_interbert.models.pretraining_objective import TASK_METRICS
@@ -14,7 +14,7 @@ from keras_interbert.utils.activations import hidden_activation
 
 
 @keras.saving.register_keras_serializable(package="keras_interbert")
-class InterBERTPretrainer(FunctionalBase):
+class InterBERTPretrainer(BackboneTask):
     """InterBERT with its three pretraining heads.
 
     Wraps an `InterBERTBackbone` and adds the masked-segment head (tied to
@@ -300,24 +300,9 @@ class InterBERTPretrainer(FunctionalBase):
         return super()._maybe_symbolic_build(
             iterator=iterator, data_batch=data_batch)
 
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "backbone": keras.layers.serialize(self.backbone),
-            "num_region_classes": self.num_region_classes,
-            "itm_dropout": self.itm_dropout,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("backbone"), dict):
-            config["backbone"] = keras.layers.deserialize(config["backbone"])
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
+    def _task_config(self):
+        return {"num_region_classes": self.num_region_classes,
+                "itm_dropout": self.itm_dropout}
 
     @classmethod
     def from_preset(cls, preset, **overrides):

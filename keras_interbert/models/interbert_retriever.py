@@ -2,14 +2,14 @@ import keras
 from keras import ops
 
 from keras_interbert.layers.image_text_matching_head import ImageTextMatchingHead
-from keras_interbert.models.functional_base import FunctionalBase
+from keras_interbert.models.functional_base import BackboneTask
 from keras_interbert.models.interbert_backbone import InterBERTBackbone
 from keras_interbert.models.loading import backbone_of
 from keras_interbert.models.loading import resolve_source
 
 
 @keras.saving.register_keras_serializable(package="keras_interbert")
-class InterBERTRetriever(FunctionalBase):
+class InterBERTRetriever(BackboneTask):
     """Image-text retrieval by the matching head (spec section 4.1).
 
     Scores an (image, caption) pair with the image-text matching head of
@@ -84,23 +84,8 @@ class InterBERTRetriever(FunctionalBase):
         return keras.ops.convert_to_numpy(
             ops.softmax(logits["itm_logits"], axis=-1)[:, 0])
 
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "backbone": keras.layers.serialize(self.backbone),
-            "itm_dropout": self.itm_dropout,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("backbone"), dict):
-            config["backbone"] = keras.layers.deserialize(config["backbone"])
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
+    def _task_config(self):
+        return {"itm_dropout": self.itm_dropout}
 
     @classmethod
     def from_preset(cls, preset, **overrides):

@@ -1,6 +1,6 @@
 import keras
 
-from keras_interbert.models.functional_base import FunctionalBase
+from keras_interbert.models.functional_base import BackboneTask
 from keras_interbert.models.interbert_backbone import InterBERTBackbone
 from keras_interbert.models.loading import backbone_of
 from keras_interbert.models.loading import resolve_source
@@ -8,7 +8,7 @@ from keras_interbert.utils.initializers import interbert_kernel_initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_interbert")
-class InterBERTTextClassifier(FunctionalBase):
+class InterBERTTextClassifier(BackboneTask):
     """Text-only classification or regression on the text path (spec 4.3).
 
     The text goes in with no image (a single masked, all-zero image slot, as
@@ -83,24 +83,8 @@ class InterBERTTextClassifier(FunctionalBase):
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
                         **kwargs)
 
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "backbone": keras.layers.serialize(self.backbone),
-            "num_classes": self.num_classes,
-            "dropout": self.dropout,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("backbone"), dict):
-            config["backbone"] = keras.layers.deserialize(config["backbone"])
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
+    def _task_config(self):
+        return {"num_classes": self.num_classes, "dropout": self.dropout}
 
     @classmethod
     def from_preset(cls, preset, num_classes, **overrides):

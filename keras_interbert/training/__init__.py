@@ -7,3 +7,4 @@ from keras_interbert.training.run_state import completed_epochs
 from keras_interbert.training.strategies import make_strategy
 from keras_interbert.training.finetuning import WarmupConstantStepDecay
 from keras_interbert.training.finetuning import finetuning_optimizer
+from keras_interbert.training.run_outputs import save_model_atomically
