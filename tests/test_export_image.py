@@ -106,3 +106,24 @@ def test_score_image_needs_matching_features(image_export, tmp_path):
                                          vocabulary=vocabulary),
                            image_extractor=wide)
     assert not os.path.exists(tmp_path / "x" / "1")
+
+
+def test_command_line_adds_score_image(image_export, tmp_path):
+    from keras_interbert.export.__main__ import main
+
+    model, extractor, _, _, vocabulary = image_export
+    model_path, extractor_path = str(tmp_path / "m.keras"), str(
+        tmp_path / "x.keras")
+    model.save(model_path)
+    extractor.save(extractor_path)
+    assert main([model_path, "--name", "pixels", "--output-dir",
+                 str(tmp_path / "out"), "--vocabulary", vocabulary,
+                 "--sequence-length", "12", "--max-regions", "4",
+                 "--image-extractor", extractor_path, "--grid-levels", "1,2",
+                 "--no-warmup"]) == 0
+    import json
+
+    with open(tmp_path / "out" / "pixels" / "1" / "assets.extra" /
+              "interbert_export.json") as f:
+        metadata = json.load(f)
+    assert "score_image" in metadata["signature_names"]

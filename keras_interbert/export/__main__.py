@@ -40,6 +40,13 @@ def parse_args(argv=None):
                         help="text classifiers: take text and text_pair")
     parser.add_argument("--cased", action="store_true",
                         help="do not lower-case (for cased vocabularies)")
+    parser.add_argument("--image-extractor",
+                        help="a .keras RegionFeatureExtractor: adds the "
+                        "score_image signature (encoded image + caption in; "
+                        "matching models only; docs/vision.md)")
+    parser.add_argument("--grid-levels", default="6",
+                        help="score_image's grid of regions, comma-separated "
+                        "levels (default 6: 36 cells)")
     parser.add_argument("--no-warmup", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--validate", action="store_true",
@@ -74,7 +81,11 @@ def main(argv=None):
         warmup=not args.no_warmup)
     metadata = export_for_serving(args.model, export_dir, options,
                                   model_name=args.name,
-                                  overwrite=args.overwrite)
+                                  overwrite=args.overwrite,
+                                  image_extractor=args.image_extractor,
+                                  grid_levels=tuple(
+                                      int(v) for v in
+                                      args.grid_levels.split(",") if v))
     print(f"wrote {export_dir}: {metadata['model_class']} "
           f"({metadata['task']}), signatures {metadata['signature_names']} "
           f"(serving_default = {metadata['serving_default']}), "
@@ -82,7 +93,8 @@ def main(argv=None):
           f"{metadata['max_regions']}")
     if args.validate:
         model = args.model if os.path.exists(args.model) else None
-        summary = validate_export(export_dir, model=model)
+        summary = validate_export(export_dir, model=model,
+                                  image_extractor=args.image_extractor)
         worst = max(summary["differences"].values(), default=None)
         print(f"validated: {summary['requests']} requests, "
               f"{len(summary['report']['ops'])} ops, warmup records "
