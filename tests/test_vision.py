@@ -199,3 +199,29 @@ def test_detector_boxes_from_a_tiny_retinanet():
     assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
     assert boxes.min() >= 0 and (boxes[:, [0, 2]] <= 64).all()
     assert (boxes[:, [1, 3]] <= 48).all()
+
+
+def test_image_backbone_from_a_local_preset_a_keras_file_and_a_weights_file(
+        tmp_path):
+    from keras_interbert.vision.image_backbones import load_image_backbone
+
+    keras.utils.set_random_seed(1)
+    source = resnet_backbone(**TINY_RESNET)
+    images = np.random.default_rng(0).random((1, 32, 32, 3)).astype("float32")
+    expected = keras.ops.convert_to_numpy(source(images))
+    preset = str(tmp_path / "preset")
+    source.save_to_preset(preset)
+    source.save(str(tmp_path / "backbone.keras"))
+    source.save_weights(str(tmp_path / "backbone.weights.h5"))
+    keras.utils.set_random_seed(2)
+    other = str(tmp_path / "other_preset")
+    resnet_backbone(**TINY_RESNET).save_to_preset(other)
+    reweighted = load_image_backbone(
+        other, weights=str(tmp_path / "backbone.weights.h5"))
+    for model in (load_image_backbone(preset),
+                  load_image_backbone(str(tmp_path / "backbone.keras")),
+                  reweighted):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(model(images)), expected, atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_image_backbone(str(tmp_path / "missing.keras"))
