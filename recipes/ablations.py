@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--variants", nargs="+", default=None,
                    help="Subset of variants by index (0-3).")
+    p.add_argument("--table-only", action="store_true",
+                   help="Rewrite the table from <out>/ablations.json.")
     return p.parse_args(argv)
 
 
@@ -54,6 +56,11 @@ def main(argv=None):
     import evaluate_retrieval
 
     os.makedirs(args.out, exist_ok=True)
+    if args.table_only:
+        with open(os.path.join(args.out, "ablations.json")) as f:
+            results = json.load(f)["results"]
+        write_table(args, results)
+        return results
     names = list(VARIANTS)
     if args.variants:
         names = [names[int(i)] for i in args.variants]
@@ -155,7 +162,7 @@ def write_table(args, results):
             f"{at(z, 1):.1f} | "
             f"{at(f, 1):.1f} | {at(f, 5):.1f} | "
             f"{at(f, 10):.1f} | {at(i, 1):.1f} | "
-            f"{r['random']['recall'][0]['value']:.1f} |")
+            f"{at(r['random'], 1):.1f} |")
     with open(os.path.join(args.out, "ablations.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
