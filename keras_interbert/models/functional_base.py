@@ -53,6 +53,28 @@ class BackboneTask(FunctionalBase):
     def _task_config(self):
         return {}
 
+    def _compile_finetuning(self, optimizer, loss, metrics, learning_rate,
+                            regression=False, **kwargs):
+        """`compile` with the finetuning defaults for each `"auto"` argument.
+
+        `"auto"` optimizer: `finetuning_optimizer(learning_rate=...)` (a
+        constant rate); loss: sparse categorical cross-entropy from logits
+        (mean squared error for `regression`); metrics: accuracy (none for
+        `regression`).
+        """
+        if isinstance(optimizer, str) and optimizer == "auto":
+            from keras_interbert.training.finetuning import finetuning_optimizer
+
+            optimizer = finetuning_optimizer(learning_rate=learning_rate)
+        if isinstance(loss, str) and loss == "auto":
+            loss = (keras.losses.MeanSquaredError() if regression else
+                    keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        if isinstance(metrics, str) and metrics == "auto":
+            metrics = [] if regression else [
+                keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                        **kwargs)
+
     def get_config(self):
         config = {
             "name": self.name,

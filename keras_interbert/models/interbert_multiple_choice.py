@@ -105,17 +105,7 @@ class InterBERTMultipleChoice(BackboneTask):
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
         """Softmax cross-entropy over the options, accuracy as the metric."""
-        if isinstance(optimizer, str) and optimizer == "auto":
-            from keras_interbert.training.finetuning import finetuning_optimizer
-
-            optimizer = finetuning_optimizer(learning_rate=2e-5)
-        if isinstance(loss, str) and loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        if isinstance(metrics, str) and metrics == "auto":
-            metrics = [keras.metrics.SparseCategoricalAccuracy(
-                name="accuracy")]
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                        **kwargs)
+        self._compile_finetuning(optimizer, loss, metrics, 2e-5, **kwargs)
 
     def predict_choices(self, dataset):
         """Argmax option and gold label of every question of `dataset`.

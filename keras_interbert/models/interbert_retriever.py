@@ -66,17 +66,7 @@ class InterBERTRetriever(BackboneTask):
         `metrics` default to sparse categorical cross-entropy from logits
         and accuracy, against integer labels (0 = matched).
         """
-        if isinstance(optimizer, str) and optimizer == "auto":
-            from keras_interbert.training.finetuning import finetuning_optimizer
-
-            optimizer = finetuning_optimizer()
-        if isinstance(loss, str) and loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        if isinstance(metrics, str) and metrics == "auto":
-            metrics = [keras.metrics.SparseCategoricalAccuracy(
-                name="accuracy")]
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                        **kwargs)
+        self._compile_finetuning(optimizer, loss, metrics, 4e-5, **kwargs)
 
     def match_probability(self, x, batch_size=256):
         """`softmax(itm_logits)[:, 0]` of the pairs in `x`, as numpy `[B]`."""

@@ -69,19 +69,8 @@ class InterBERTTextClassifier(BackboneTask):
         backbone = self.backbone
         for layer in list(backbone.image_stream_layers) + [backbone.image_pooler]:
             layer.trainable = False
-        if isinstance(optimizer, str) and optimizer == "auto":
-            from keras_interbert.training.finetuning import finetuning_optimizer
-
-            optimizer = finetuning_optimizer(learning_rate=2e-5)
-        regression = self.num_classes == 1
-        if isinstance(loss, str) and loss == "auto":
-            loss = (keras.losses.MeanSquaredError() if regression else
-                    keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        if isinstance(metrics, str) and metrics == "auto":
-            metrics = ([] if regression else
-                       [keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                        **kwargs)
+        self._compile_finetuning(optimizer, loss, metrics, 2e-5,
+                                 regression=self.num_classes == 1, **kwargs)
 
     def _task_config(self):
         return {"num_classes": self.num_classes, "dropout": self.dropout}
