@@ -127,14 +127,10 @@ def main(argv=None):
     return results
 
 
-def at(summary, k):
-    """Recall@k (%) of a rank summary, read back from JSON or not."""
-    recall = summary["recall"]
-    return recall[str(k)] if str(k) in recall else recall[k]
-
-
 def write_table(args, results):
     import keras
+
+    from keras_interbert.evaluation import recall_at
 
     lines = [
         f"Backend {keras.config.backend()}, seed {args.seed}, "
@@ -159,10 +155,10 @@ def write_table(args, results):
         lines.append(
             f"| {r['variant']} | {metric('val_msm_accuracy')} | "
             f"{metric('val_mrm_loss')} | {metric('val_itm_accuracy')} | "
-            f"{at(z, 1):.1f} | "
-            f"{at(f, 1):.1f} | {at(f, 5):.1f} | "
-            f"{at(f, 10):.1f} | {at(i, 1):.1f} | "
-            f"{at(r['random'], 1):.1f} |")
+            f"{recall_at(z, 1):.1f} | "
+            f"{recall_at(f, 1):.1f} | {recall_at(f, 5):.1f} | "
+            f"{recall_at(f, 10):.1f} | {recall_at(i, 1):.1f} | "
+            f"{recall_at(r['random'], 1):.1f} |")
     with open(os.path.join(args.out, "ablations.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -93,14 +93,13 @@ def ensure_bundled_data(args):
 
 
 def build_model(args, feature_dim, num_classes):
-    import keras
-
     from keras_interbert import InterBERTBackbone
     from keras_interbert import InterBERTPretrainer
+    from keras_interbert.models.loading import load_interbert
     from keras_interbert.presets import preset_backbone_config
 
     if args.init:
-        model = keras.saving.load_model(args.init, compile=False)
+        model = load_interbert(args.init)
         if not isinstance(model, InterBERTPretrainer):
             raise SystemExit(f"--init {args.init}: not an InterBERTPretrainer "
                              f"(found {type(model).__name__}).")
@@ -135,6 +134,7 @@ def main(argv=None):
     from keras_interbert.data.pretraining_pipeline import PretrainingDataConfig
     from keras_interbert.data.pretraining_pipeline import pretraining_dataset
     from keras_interbert.data.region_features import read_manifest
+    from keras_interbert.models.loading import check_vocabulary
     from keras_interbert.optimizers import BERT_INITIALISED_PATTERNS
     from keras_interbert.optimizers import pretraining_optimizer
     from keras_interbert.preprocessing import InterBERTTokenizer
@@ -160,11 +160,7 @@ def main(argv=None):
     updates = args.steps // (args.gradient_accumulation_steps or 1)
     with scope:
         model = build_model(args, feature_dim, num_classes)
-        if model.backbone.vocabulary_size != tokenizer.vocabulary_size():
-            raise SystemExit(
-                f"The model's vocabulary ({model.backbone.vocabulary_size}) "
-                f"differs from the {args.language} tokenizer's "
-                f"({tokenizer.vocabulary_size()}).")
+        check_vocabulary(model.backbone, tokenizer, "the model")
         optimizer = pretraining_optimizer(
             total_steps=updates, learning_rate=args.learning_rate,
             bert_learning_rate=args.bert_learning_rate,

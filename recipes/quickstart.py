@@ -54,11 +54,6 @@ def _t2i(report):
     return report["modes"]["full"]["text_to_image"]
 
 
-def _at(summary, k):
-    recall = summary["recall"]
-    return float(recall[str(k)] if str(k) in recall else recall[k])
-
-
 def score_one_request(export_dir, data, language, max_regions):
     """Scores a true and a wrong caption of one test image with the export."""
     import numpy as np
@@ -111,6 +106,8 @@ def main(argv=None):
     import evaluate_retrieval
     import finetune_retrieval
     import pretrain
+
+    from keras_interbert.evaluation import recall_at
 
     # 1-2. Data and pretraining.
     print(f"\n== 1-2. Bundled data set and pretraining "
@@ -185,7 +182,8 @@ def main(argv=None):
         f"| text -> image ({protocol.get('num_images', '?')} test images, "
         f"{protocol.get('num_captions', '?')} captions) | R@1 | R@5 | R@10 |",
         "|---|---|---|---|",
-    ] + [f"| {name} | {_at(s, 1):.1f} | {_at(s, 5):.1f} | {_at(s, 10):.1f} |"
+    ] + [f"| {name} | {recall_at(s, 1):.1f} | {recall_at(s, 5):.1f} | "
+         f"{recall_at(s, 10):.1f} |"
          for name, s in rows]
     verdict = _verdict(random, _t2i(zero_shot), _t2i(finetuned["evaluation"]))
     lines += ["", verdict]
@@ -217,7 +215,9 @@ def main(argv=None):
 
 def _verdict(random, zero_shot, finetuned):
     """One honest sentence on whether finetuning beat random and zero-shot."""
-    r, z, f = _at(random, 1), _at(zero_shot, 1), _at(finetuned, 1)
+    from keras_interbert.evaluation import recall_at
+
+    r, z, f = recall_at(random, 1), recall_at(zero_shot, 1), recall_at(finetuned, 1)
     if f >= 3 * r and f > z:
         return (f"Finetuned R@1 {f:.1f} is {f / r:.1f}x random ({r:.1f}) and "
                 f"above zero-shot ({z:.1f}).")

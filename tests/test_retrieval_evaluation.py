@@ -422,3 +422,14 @@ def test_recipe_writes_nothing_when_a_caption_has_no_image(bundle, tmp_path):
              "--captions", captions, "--split", "train",
              "--max-regions", str(MAX_REGIONS), "--no-progress")
     assert not os.path.exists(out)
+
+
+def test_recall_at_reads_a_summary_before_and_after_json():
+    import json
+
+    from keras_interbert.evaluation import rank_summary
+    from keras_interbert.evaluation import recall_at
+
+    summary = rank_summary(np.array([1, 2, 7, 30]), ks=(1, 5, 10))
+    assert recall_at(summary, 5) == 50.0
+    assert recall_at(json.loads(json.dumps(summary)), 10) == 75.0

@@ -11,6 +11,7 @@ from keras_interbert.evaluation.retrieval import retrieval_protocol
 from keras_interbert.evaluation.retrieval_metrics import image_to_text_ranks
 from keras_interbert.evaluation.retrieval_metrics import random_ranking_baseline
 from keras_interbert.evaluation.retrieval_metrics import rank_summary
+from keras_interbert.evaluation.retrieval_metrics import recall_at
 from keras_interbert.evaluation.retrieval_metrics import retrieval_metrics
 from keras_interbert.evaluation.retrieval_metrics import text_to_image_ranks
 from keras_interbert.evaluation.two_stage import first_stage_scores

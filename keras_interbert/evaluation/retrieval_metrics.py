@@ -209,3 +209,13 @@ def random_ranking_baseline(num_captions_per_image, ks=DEFAULT_KS,
                       / images.sum())
     i2t = summary(i2t_tails, images, mean_rank, num_captions)
     return {"text_to_image": t2i, "image_to_text": i2t}
+
+
+def recall_at(summary, k):
+    """Recall@k (%) of a `rank_summary`, also after a JSON round trip.
+
+    JSON turns the integer keys of `summary["recall"]` into strings; this
+    reads either form.
+    """
+    recall = summary["recall"]
+    return float(recall[k] if k in recall else recall[str(k)])
