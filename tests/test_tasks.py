@@ -90,9 +90,7 @@ def test_tasks_from_a_saved_pretrainer_and_a_preset(tmp_path, pretrainer):
         atol=1e-6)
     classifier = InterBERTTextClassifier.from_pretrained(path, num_classes=2)
     np.testing.assert_allclose(
-        classifier.backbone.token_embedding.embeddings.numpy()
-        if hasattr(classifier.backbone.token_embedding.embeddings, "numpy")
-        else keras.ops.convert_to_numpy(
+        keras.ops.convert_to_numpy(
             classifier.backbone.token_embedding.embeddings),
         keras.ops.convert_to_numpy(pretrainer.backbone.token_embedding.embeddings))
     preset = InterBERTRetriever.from_pretrained("interbert_tiny_en",
