@@ -40,11 +40,14 @@ def parse_args(argv=None):
     p.add_argument("--num-images", type=int, default=1000)
     p.add_argument("--feature-dim", type=int, default=256)
     p.add_argument("--max-regions", type=int, default=8)
-    p.add_argument("--pretrain-steps", type=int, default=400)
-    p.add_argument("--pretrain-learning-rate", type=float, default=1e-3)
+    p.add_argument("--pretrain-steps", type=int, default=500)
+    p.add_argument("--pretrain-batch-size", type=int, default=128)
+    p.add_argument("--pretrain-learning-rate", type=float, default=5e-4)
     p.add_argument("--finetune-epochs", type=int, default=4)
-    p.add_argument("--finetune-steps-per-epoch", type=int, default=60)
-    p.add_argument("--finetune-learning-rate", type=float, default=1e-3)
+    p.add_argument("--finetune-steps-per-epoch", type=int, default=75)
+    p.add_argument("--finetune-batch-size", type=int, default=32,
+                   help="Captions per step (four pairs each).")
+    p.add_argument("--finetune-learning-rate", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--skip-export", action="store_true")
     return p.parse_args(argv)
@@ -119,7 +122,7 @@ def main(argv=None):
         "--feature-dim", str(args.feature_dim),
         "--max-regions", str(args.max_regions),
         "--steps", str(args.pretrain_steps), "--steps-per-epoch", "100",
-        "--batch-size", "32",
+        "--batch-size", str(args.pretrain_batch_size),
         "--learning-rate", str(args.pretrain_learning_rate),
         "--validation-steps", "4", "--seed", str(args.seed), "--verbose", "2",
     ])
@@ -149,7 +152,8 @@ def main(argv=None):
         "--language", args.language, "--out", os.path.join(out, "retrieval"),
         "--epochs", str(args.finetune_epochs),
         "--steps-per-epoch", str(args.finetune_steps_per_epoch),
-        "--batch-size", "16", "--max-regions", str(args.max_regions),
+        "--batch-size", str(args.finetune_batch_size),
+        "--max-regions", str(args.max_regions),
         "--learning-rate", str(args.finetune_learning_rate),
         "--decay-epochs", "", "--seed", str(args.seed), "--verbose", "2"])
     timings["finetuning + evaluation"] = time.time() - t
@@ -223,7 +227,8 @@ def _verdict(random, zero_shot, finetuned):
                 f"above zero-shot ({z:.1f}).")
     return (f"Finetuned R@1 {f:.1f} is NOT clearly above random ({r:.1f}; "
             f"zero-shot {z:.1f}): the matching head has not learned at this "
-            "scale. See docs/pretraining.md, 'Known gap: ITM from scratch'.")
+            "scale. See docs/pretraining.md, "
+            "'Image-text matching from scratch'.")
 
 
 def write_report(path, args, out, table, metric_lines, request, export_dir,

@@ -92,6 +92,10 @@ class InterBERTBackbone(FunctionalBase):
         approximate_gelu: bool. Use the tanh approximation of GELU instead of
             the exact (erf) one; only for weights trained that way (Google
             BERT, keras-hub BERT). InterBERT uses the exact GELU.
+        initializer_range: float. Standard deviation of the normal
+            initializer of every kernel and embedding (BERT's
+            `initializer_range`; 0.02 in the published configuration). The
+            pretraining heads and the finetuning heads use the same value.
         dtype: dtype policy of the layers.
 
     Examples:
@@ -135,11 +139,20 @@ class InterBERTBackbone(FunctionalBase):
         num_segments=2,
         layer_norm_epsilon=1e-12,
         approximate_gelu=False,
+        initializer_range=0.02,
         dtype=None,
         **kwargs,
     ):
+        initializer_range = float(initializer_range)
+        if not initializer_range > 0:
+            raise ValueError(
+                "`initializer_range` must be a positive standard deviation. "
+                f"Received: initializer_range={initializer_range}"
+            )
+
         # === Layers ===
-        init = interbert_kernel_initializer
+        def init():
+            return interbert_kernel_initializer(initializer_range)
         self.token_embedding = keras_hub.layers.ReversibleEmbedding(
             input_dim=vocabulary_size,
             output_dim=hidden_dim,
@@ -327,6 +340,7 @@ class InterBERTBackbone(FunctionalBase):
         self.num_segments = num_segments
         self.layer_norm_epsilon = layer_norm_epsilon
         self.approximate_gelu = approximate_gelu
+        self.initializer_range = initializer_range
 
     input_names = BACKBONE_INPUT_NAMES
 
@@ -360,6 +374,7 @@ class InterBERTBackbone(FunctionalBase):
                 "num_segments": self.num_segments,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "approximate_gelu": self.approximate_gelu,
+                "initializer_range": self.initializer_range,
             }
         )
         return config

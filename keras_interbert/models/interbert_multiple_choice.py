@@ -9,7 +9,7 @@ from keras_interbert.models.loading import backbone_of
 from keras_interbert.models.loading import resolve_source
 from keras_interbert.models.option_layers import MergeOptions
 from keras_interbert.models.option_layers import SplitOptions
-from keras_interbert.utils.initializers import interbert_kernel_initializer
+from keras_interbert.utils.initializers import backbone_kernel_initializer
 
 
 class _Folded:
@@ -57,8 +57,8 @@ class InterBERTMultipleChoice(BackboneTask):
         self.fusion_dropout = keras.layers.Dropout(
             dropout, dtype=dtype, name="fusion_dropout")
         self.choice_dense = keras.layers.Dense(
-            1, kernel_initializer=interbert_kernel_initializer(), dtype=dtype,
-            name="choice_dense")
+            1, kernel_initializer=backbone_kernel_initializer(backbone),
+            dtype=dtype, name="choice_dense")
         self.split_options = SplitOptions(num_options, dtype=dtype,
                                           name="split_options")
 

@@ -11,6 +11,7 @@ from keras_interbert.models.pretraining_objective import TASK_METRICS
 from keras_interbert.models.replica_context import num_replicas_in_sync
 from keras_interbert.models.replica_context import sum_over_replicas
 from keras_interbert.utils.activations import hidden_activation
+from keras_interbert.utils.initializers import backbone_kernel_initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_interbert")
@@ -48,10 +49,12 @@ class InterBERTPretrainer(BackboneTask):
                  dtype=None, **kwargs):
         # === Layers ===
         self.backbone = backbone
+        init = backbone_kernel_initializer(backbone)
         self.msm_head = MaskedSegmentHead(
             token_embedding=backbone.token_embedding,
             layer_norm_epsilon=backbone.layer_norm_epsilon,
             activation=hidden_activation(backbone.approximate_gelu),
+            kernel_initializer=init,
             dtype=dtype,
             name="msm_head",
         )
@@ -60,11 +63,13 @@ class InterBERTPretrainer(BackboneTask):
             hidden_dim=backbone.hidden_dim,
             layer_norm_epsilon=backbone.layer_norm_epsilon,
             activation=hidden_activation(backbone.approximate_gelu),
+            kernel_initializer=init,
             dtype=dtype,
             name="mrm_head",
         )
         self.itm_head = ImageTextMatchingHead(
-            dropout=itm_dropout, dtype=dtype, name="itm_head"
+            dropout=itm_dropout, kernel_initializer=init, dtype=dtype,
+            name="itm_head",
         )
 
         # === Functional model ===

@@ -42,7 +42,9 @@ class InterBERTRetriever(BackboneTask):
         self.backbone = backbone
         if itm_head is None:
             itm_head = ImageTextMatchingHead(
-                dropout=itm_dropout, dtype=dtype, name="itm_head")
+                dropout=itm_dropout,
+                kernel_initializer=backbone_kernel_initializer(backbone),
+                dtype=dtype, name="itm_head")
         self.itm_head = itm_head
 
         # === Functional model ===

@@ -4,7 +4,7 @@ from keras_interbert.models.functional_base import BackboneTask
 from keras_interbert.models.interbert_backbone import InterBERTBackbone
 from keras_interbert.models.loading import backbone_of
 from keras_interbert.models.loading import resolve_source
-from keras_interbert.utils.initializers import interbert_kernel_initializer
+from keras_interbert.utils.initializers import backbone_kernel_initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_interbert")
@@ -43,7 +43,7 @@ class InterBERTTextClassifier(BackboneTask):
         self.classifier_dropout = keras.layers.Dropout(
             dropout, dtype=dtype, name="classifier_dropout")
         self.classifier_dense = keras.layers.Dense(
-            int(num_classes), kernel_initializer=interbert_kernel_initializer(),
+            int(num_classes), kernel_initializer=backbone_kernel_initializer(backbone),
             dtype=dtype, name="classifier_dense")
 
         # === Functional model ===

@@ -3,6 +3,7 @@
 Weights come from the converters (`python -m keras_interbert.convert`) or from
 pretraining; a preset only fixes the shapes and ships the vocabulary.
 """
+import math
 import os
 
 _ASSETS = os.path.join(os.path.dirname(__file__), "assets")
@@ -33,6 +34,22 @@ _PUBLISHED = dict(
     num_segments=2,
     layer_norm_epsilon=1e-12,
 )
+
+
+
+def _initializer_range(hidden_dim):
+    """0.02 scaled by sqrt(768 / hidden_dim).
+
+    A kernel `N(0, s)` multiplies the size of a unit-variance input by
+    `s * sqrt(fan_in)`: 0.55 for the published configuration (0.02, 768).
+    The smaller configurations keep that gain instead of the bare 0.02,
+    which at hidden 64 makes every residual branch about 12 times weaker
+    relative to the residual stream than in the published model; the text
+    `[CLS]` then starts out almost the same vector for every caption and
+    image-text matching cannot get off the ground (docs/pretraining.md).
+    """
+    return round(0.02 * math.sqrt(768 / hidden_dim), 4)
+
 
 PRESETS = {
     "interbert_base_en": {
@@ -66,6 +83,7 @@ PRESETS = {
             num_image_heads=4,
             image_intermediate_dim=1024,
             pooled_dim=384,
+            initializer_range=_initializer_range(256),
         ),
         "task": {"num_region_classes": 1601},
     },
@@ -85,6 +103,7 @@ PRESETS = {
             num_image_heads=2,
             image_intermediate_dim=128,
             pooled_dim=96,
+            initializer_range=_initializer_range(64),
         ),
         "task": {"num_region_classes": 1601},
     },

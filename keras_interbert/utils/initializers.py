@@ -2,5 +2,19 @@ import keras
 
 
 def interbert_kernel_initializer(stddev=0.02):
-    """N(0, 0.02), the initializer of every InterBERT kernel and embedding."""
+    """N(0, stddev): the initializer of every InterBERT kernel and embedding.
+
+    0.02 is the published configuration's value (BERT's `initializer_range`).
+    """
     return keras.initializers.RandomNormal(stddev=stddev)
+
+
+def backbone_kernel_initializer(backbone):
+    """The kernel initializer of a task head on `backbone`.
+
+    Heads use the backbone's `initializer_range`, so a head added to a small
+    configuration starts at the same scale as the layers below it. A backbone
+    object without the attribute (built before it existed) gets 0.02.
+    """
+    return interbert_kernel_initializer(
+        getattr(backbone, "initializer_range", 0.02))
