@@ -6,6 +6,7 @@ from keras_interbert.models.functional_base import BackboneTask
 from keras_interbert.models.interbert_backbone import InterBERTBackbone
 from keras_interbert.models.loading import backbone_of
 from keras_interbert.models.loading import resolve_source
+from keras_interbert.utils.initializers import backbone_kernel_initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_interbert")
