@@ -40,14 +40,17 @@ def parse_args(argv=None):
     p.add_argument("--num-images", type=int, default=1000)
     p.add_argument("--feature-dim", type=int, default=256)
     p.add_argument("--max-regions", type=int, default=8)
-    p.add_argument("--pretrain-steps", type=int, default=500)
-    p.add_argument("--pretrain-batch-size", type=int, default=128)
+    p.add_argument("--pretrain-steps", type=int, default=400)
+    p.add_argument("--pretrain-batch-size", type=int, default=32)
     p.add_argument("--pretrain-learning-rate", type=float, default=5e-4)
-    p.add_argument("--finetune-epochs", type=int, default=4)
-    p.add_argument("--finetune-steps-per-epoch", type=int, default=75)
+    p.add_argument("--finetune-epochs", type=int, default=10)
+    p.add_argument("--finetune-steps-per-epoch", type=int, default=100)
     p.add_argument("--finetune-batch-size", type=int, default=32,
                    help="Captions per step (four pairs each).")
     p.add_argument("--finetune-learning-rate", type=float, default=5e-4)
+    p.add_argument("--finetune-decay-epochs", default="8",
+                   help="Comma-separated epochs after which the finetuning "
+                   "learning rate is multiplied by 0.1 ('' for none).")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--skip-export", action="store_true")
     return p.parse_args(argv)
@@ -91,6 +94,31 @@ def score_one_request(export_dir, data, language, max_regions):
             "other_caption": wrong, "other_probability": probabilities[1]}
 
 
+_MARKER = ".keras_interbert_quickstart"
+
+
+def _fresh_run_directory(out):
+    """Empties `out` for a new run; refuses a directory the quickstart did
+    not create.
+
+    The quickstart tells the story from scratch every time: leftovers of an
+    earlier run (a finished pretraining backup, a score file of another
+    model) would be resumed or refused by the recipes.
+    """
+    import shutil
+
+    if os.path.isdir(out) and os.listdir(out):
+        if not os.path.exists(os.path.join(out, _MARKER)):
+            raise SystemExit(
+                f"--out {out} is not empty and was not written by the "
+                "quickstart; choose a new or empty directory.")
+        print(f"Removing the previous quickstart run in {out}.")
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, _MARKER), "w") as f:
+        f.write("written by recipes/quickstart.py; emptied on every run\n")
+
+
 def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, HERE)
@@ -100,7 +128,7 @@ def main(argv=None):
     out = args.out or os.path.join(ROOT, "runs", f"quickstart{suffix}")
     report_path = args.report or os.path.join(ROOT, "reports",
                                               f"quickstart{suffix}.md")
-    os.makedirs(out, exist_ok=True)
+    _fresh_run_directory(out)
     timings = {}
     start = time.time()
     print(f"keras {keras.__version__}, backend {keras.config.backend()}, "
@@ -155,7 +183,7 @@ def main(argv=None):
         "--batch-size", str(args.finetune_batch_size),
         "--max-regions", str(args.max_regions),
         "--learning-rate", str(args.finetune_learning_rate),
-        "--decay-epochs", "", "--seed", str(args.seed), "--verbose", "2"])
+        "--decay-epochs", args.finetune_decay_epochs, "--seed", str(args.seed), "--verbose", "2"])
     timings["finetuning + evaluation"] = time.time() - t
 
     # 5. Export and one request.
