@@ -28,7 +28,7 @@ install: $(VENV)/.installed
 test: install
 	@rm -rf .test-runs; mkdir -p .test-runs; \
 	for backend in $(BACKENDS); do \
-	  ( KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  ( KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -p no:cacheprovider --durations=12 \
 	      --basetemp=.test-runs/tmp-$$backend $(PYTEST_ARGS) \
 	      > .test-runs/$$backend.log 2>&1; echo $$? > .test-runs/$$backend.status ) & \
 	done; wait; status=0; \

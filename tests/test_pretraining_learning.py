@@ -11,8 +11,11 @@ are evaluated before and after.
   must move clearly away from chance. Matching starts only after a plateau of about
   300 steps (docs/pretraining.md, "Image-text matching from scratch"), and a
   step of all three tasks at batch 128 costs about five ITM-only steps on
-  two CPU cores, so the long run uses the ITM switch.
+  two CPU cores, so the long run uses the ITM switch. Under PyTorch the run
+  takes about 7 minutes, so there it needs `INTERBERT_LONG_TESTS=1`.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -87,6 +90,13 @@ def bundled_large(tmp_path_factory):
     return out
 
 
+@pytest.mark.skipif(
+    keras.config.backend() == "torch"
+    and os.environ.get("INTERBERT_LONG_TESTS") != "1",
+    reason="600 steps take about 7 minutes under PyTorch on two CPU cores "
+    "(0.7 s a step, against 0.11 under TensorFlow and 0.37 under JAX); run "
+    "with INTERBERT_LONG_TESTS=1 (passed on 2026-11-27: accuracy 0.514 -> "
+    "0.648, loss 0.694 -> 0.615).")
 def test_itm_learns_from_scratch(bundled_large):
     keras.utils.set_random_seed(11)
     tokenizer = InterBERTTokenizer.from_preset("interbert_base_en")
