@@ -33,12 +33,16 @@ from keras_interbert.presets import preset_backbone_config
 STEPS = 100
 
 
-@pytest.fixture(scope="module")
-def bundled(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("learning_data"))
-    write_dataset(out, num_images=300, seed=3, feature_dim=64,
+def _bundled(tmp_path_factory, num_images):
+    out = str(tmp_path_factory.mktemp(f"learning_data_{num_images}"))
+    write_dataset(out, num_images=num_images, seed=3, feature_dim=64,
                   languages=("en",), save_images=False, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory):
+    return _bundled(tmp_path_factory, 300)
 
 
 def test_msm_and_mrm_improve_over_a_few_hundred_steps(bundled):
@@ -86,10 +90,7 @@ ITM_STEPS = 600
 
 @pytest.fixture(scope="module")
 def bundled_large(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("itm_data"))
-    write_dataset(out, num_images=1000, seed=3, feature_dim=64,
-                  languages=("en",), save_images=False, progress=False)
-    return out
+    return _bundled(tmp_path_factory, 1000)
 
 
 @pytest.mark.skipif(

@@ -13,8 +13,6 @@ def backbone_kernel_initializer(backbone):
     """The kernel initializer of a task head on `backbone`.
 
     Heads use the backbone's `initializer_range`, so a head added to a small
-    configuration starts at the same scale as the layers below it. A backbone
-    object without the attribute (built before it existed) gets 0.02.
+    configuration starts at the same scale as the layers below it.
     """
-    return interbert_kernel_initializer(
-        getattr(backbone, "initializer_range", 0.02))
+    return interbert_kernel_initializer(backbone.initializer_range)
