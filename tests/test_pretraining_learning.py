@@ -33,6 +33,16 @@ from keras_interbert.presets import preset_backbone_config
 STEPS = 100
 
 
+def held_out_metrics(model, held_out):
+    """The objective's metrics, averaged over equal-sized held-out batches."""
+    totals = {}
+    for x, y in held_out:
+        for k, v in model.pretraining_losses(
+                y, model(x, training=False)).items():
+            totals.setdefault(k, []).append(float(v))
+    return {k: float(np.mean(v)) for k, v in totals.items()}
+
+
 def _bundled(tmp_path_factory, num_images):
     out = str(tmp_path_factory.mktemp(f"learning_data_{num_images}"))
     write_dataset(out, num_images=num_images, seed=3, feature_dim=64,
@@ -66,17 +76,9 @@ def test_msm_and_mrm_improve_over_a_few_hundred_steps(bundled):
         # (2026-11-27). TensorFlow stays in graph mode without XLA.
         jit_compile=keras.config.backend() == "jax")
 
-    def evaluate():
-        totals = {}
-        for x, y in held_out:
-            for k, v in model.pretraining_losses(
-                    y, model(x, training=False)).items():
-                totals.setdefault(k, []).append(float(v))
-        return {k: float(np.mean(v)) for k, v in totals.items()}
-
-    before = evaluate()
+    before = held_out_metrics(model, held_out)
     model.fit(train, steps_per_epoch=STEPS, epochs=1, verbose=0)
-    after = evaluate()
+    after = held_out_metrics(model, held_out)
     print("before", before, "\nafter", after)
     assert before["msm_accuracy"] < 0.02
     assert after["msm_accuracy"] > 0.08, after
@@ -129,21 +131,11 @@ def test_itm_learns_from_scratch(bundled_large):
             bert_variable_patterns=()),
         msm_weight=0.0, mrm_weight=0.0)
 
-    def evaluate():
-        loss, correct, count = 0.0, 0.0, 0
-        for x, y in held_out:
-            logits = keras.ops.convert_to_numpy(
-                model(x, training=False)["itm_logits"]).astype("float64")
-            labels = y["itm_labels"]
-            log_p = logits - np.logaddexp(logits[:, :1], logits[:, 1:])
-            loss -= log_p[np.arange(len(labels)), labels].sum()
-            correct += (logits.argmax(-1) == labels).sum()
-            count += len(labels)
-        return loss / count, correct / count
-
-    loss_before, accuracy_before = evaluate()
+    before = held_out_metrics(model, held_out)
     model.fit(train, steps_per_epoch=ITM_STEPS, epochs=1, verbose=0)
-    loss_after, accuracy_after = evaluate()
+    after = held_out_metrics(model, held_out)
+    loss_before, accuracy_before = before["itm_loss"], before["itm_accuracy"]
+    loss_after, accuracy_after = after["itm_loss"], after["itm_accuracy"]
     print(f"ITM held-out loss {loss_before:.4f} -> {loss_after:.4f}, "
           f"accuracy {accuracy_before:.3f} -> {accuracy_after:.3f} "
           f"({count_label_share(held_out):.3f} of labels are 1)")
