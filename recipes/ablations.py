@@ -59,6 +59,8 @@ def main(argv=None):
     import pretrain
     import evaluate_retrieval
 
+    from keras_interbert.utils.run_directory import fresh_run_directory
+
     os.makedirs(args.out, exist_ok=True)
     if args.table_only:
         with open(os.path.join(args.out, "ablations.json")) as f:
@@ -67,12 +69,22 @@ def main(argv=None):
         return results
     names = list(VARIANTS)
     if args.variants:
+        bad = [i for i in args.variants
+               if not (i.isdigit() and int(i) < len(names))]
+        if bad:
+            raise SystemExit(f"--variants: {bad} are not variant indices "
+                             f"0-{len(names) - 1} ({names})")
         names = [names[int(i)] for i in args.variants]
-    results = []
+    # A subset run adds to the results already in --out, provided they were
+    # made with the same settings; a different setting starts a new table.
+    results = previous_results(args)
     for index, name in enumerate(names):
         weights = VARIANTS[name]
         run = os.path.join(args.out, f"variant-{list(VARIANTS).index(name)}")
         print(f"\n=== {name} ===")
+        # A rerun of a variant starts from nothing: an earlier run's
+        # pretraining backup or score files would be resumed or refused.
+        fresh_run_directory(run, "ablation")
         start = time.time()
         pretrain_argv = [
             "--out", os.path.join(run, "pretrain"),
@@ -111,6 +123,7 @@ def main(argv=None):
             "--decay-epochs", args.finetune_decay_epochs,
             "--seed", str(args.seed), "--verbose", "2"]
         finetuned = finetune_retrieval.main(finetune_argv)
+        results = [r for r in results if r["variant"] != name]
         results.append({
             "variant": name, "task_weights": weights,
             "pretrain_command": "recipes/pretrain.py " + " ".join(pretrain_argv),
@@ -125,11 +138,38 @@ def main(argv=None):
             "random": zero_shot["random_baseline"]["text_to_image"],
             "seconds": round(time.time() - start, 1),
         })
-        with open(os.path.join(args.out, "ablations.json"), "w") as f:
+        results.sort(key=lambda r: list(VARIANTS).index(r["variant"]))
+        path = os.path.join(args.out, "ablations.json")
+        with open(path + ".tmp", "w") as f:
             json.dump({"settings": vars(args), "results": results}, f,
                       indent=2)
+        os.replace(path + ".tmp", path)
     write_table(args, results)
     return results
+
+
+# Settings that do not change a variant's numbers.
+_NOT_SETTINGS = ("out", "variants", "table_only")
+
+
+def previous_results(args):
+    path = os.path.join(args.out, "ablations.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        previous = json.load(f)
+    mine = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    theirs = {k: v for k, v in previous["settings"].items()
+              if k not in _NOT_SETTINGS}
+    if mine != theirs:
+        changed = sorted(k for k in set(mine) | set(theirs)
+                         if mine.get(k) != theirs.get(k))
+        print(f"{path} was made with other settings ({', '.join(changed)}); "
+              f"starting a new table.")
+        return []
+    kept = [r["variant"] for r in previous["results"]]
+    print(f"Keeping the results already in {path}: {kept}")
+    return previous["results"]
 
 
 def write_table(args, results):

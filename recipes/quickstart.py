@@ -94,31 +94,6 @@ def score_one_request(export_dir, data, language, max_regions):
             "other_caption": wrong, "other_probability": probabilities[1]}
 
 
-_MARKER = ".keras_interbert_quickstart"
-
-
-def _fresh_run_directory(out):
-    """Empties `out` for a new run; refuses a directory the quickstart did
-    not create.
-
-    The quickstart tells the story from scratch every time: leftovers of an
-    earlier run (a finished pretraining backup, a score file of another
-    model) would be resumed or refused by the recipes.
-    """
-    import shutil
-
-    if os.path.isdir(out) and os.listdir(out):
-        if not os.path.exists(os.path.join(out, _MARKER)):
-            raise SystemExit(
-                f"--out {out} is not empty and was not written by the "
-                "quickstart; choose a new or empty directory.")
-        print(f"Removing the previous quickstart run in {out}.")
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, _MARKER), "w") as f:
-        f.write("written by recipes/quickstart.py; emptied on every run\n")
-
-
 def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, HERE)
@@ -128,7 +103,11 @@ def main(argv=None):
     out = args.out or os.path.join(ROOT, "runs", f"quickstart{suffix}")
     report_path = args.report or os.path.join(ROOT, "reports",
                                               f"quickstart{suffix}.md")
-    _fresh_run_directory(out)
+    from keras_interbert.utils.run_directory import fresh_run_directory
+
+    # Leftovers of an earlier run (a finished pretraining backup, a score
+    # file of another model) would be resumed or refused by the recipes.
+    fresh_run_directory(out, "quickstart")
     timings = {}
     start = time.time()
     print(f"keras {keras.__version__}, backend {keras.config.backend()}, "
