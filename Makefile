@@ -7,7 +7,7 @@ BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
 QUICKSTART_ARGS ?=
 
-.PHONY: install test test-serial test-tensorflow test-jax test-torch quickstart benchmark clean
+.PHONY: install test test-serial test-long test-tensorflow test-jax test-torch quickstart benchmark clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ test-serial: install
 	@status=0; for backend in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$backend"; \
 	  KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) || status=1; \
+	done; exit $$status
+
+# The long learning runs that `make test` keeps to TensorFlow, under JAX and
+# PyTorch (about 15 minutes on two cores; tests/test_pretraining_learning.py).
+test-long: install
+	@status=0; for backend in jax torch; do \
+	  echo "=== KERAS_BACKEND=$$backend (INTERBERT_LONG_TESTS=1)"; \
+	  INTERBERT_LONG_TESTS=1 KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -s -p no:cacheprovider \
+	    tests/test_pretraining_learning.py $(PYTEST_ARGS) || status=1; \
 	done; exit $$status
 
 test-%: install

@@ -11,8 +11,14 @@ are evaluated before and after.
   must move clearly away from chance. Matching starts only after a plateau of about
   300 steps (docs/pretraining.md, "Image-text matching from scratch"), and a
   step of all three tasks at batch 128 costs about five ITM-only steps on
-  two CPU cores, so the long run uses the ITM switch. Under PyTorch the run
-  takes about 7 minutes, so there it needs `INTERBERT_LONG_TESTS=1`.
+  two CPU cores, so the long run uses the ITM switch.
+
+Both run in the default suite under TensorFlow. Under JAX and PyTorch they
+need `INTERBERT_LONG_TESTS=1`: a step costs 3x (JAX) and 6x (PyTorch) a
+TensorFlow step on two CPU cores, and `tests/test_cross_backend.py` already
+shows on every backend that `fit` with the pretraining optimizer takes the
+same steps as under another backend (every variable within 1e-3 of its own
+step after six updates). Results of the opt-in runs are in the skip reasons.
 """
 import os
 
@@ -55,6 +61,18 @@ def bundled(tmp_path_factory):
     return _bundled(tmp_path_factory, 300)
 
 
+def long_off_tensorflow(measured):
+    return pytest.mark.skipif(
+        keras.config.backend() != "tensorflow"
+        and os.environ.get("INTERBERT_LONG_TESTS") != "1",
+        reason="a long learning run: in the default suite under TensorFlow "
+        "only, here with INTERBERT_LONG_TESTS=1 (module docstring). "
+        + measured)
+
+
+@long_off_tensorflow(
+    "Passed on 2026-11-27: JAX 111 s with XLA (MSM accuracy 0.164), PyTorch "
+    "175 s in a concurrent make test.")
 def test_msm_and_mrm_improve_over_a_few_hundred_steps(bundled):
     keras.utils.set_random_seed(11)
     tokenizer = InterBERTTokenizer.from_preset("interbert_base_en")
@@ -95,13 +113,10 @@ def bundled_large(tmp_path_factory):
     return _bundled(tmp_path_factory, 1000)
 
 
-@pytest.mark.skipif(
-    keras.config.backend() == "torch"
-    and os.environ.get("INTERBERT_LONG_TESTS") != "1",
-    reason="600 steps take about 7 minutes under PyTorch on two CPU cores "
-    "(0.7 s a step, against 0.11 under TensorFlow and 0.37 under JAX); run "
-    "with INTERBERT_LONG_TESTS=1 (passed on 2026-11-27: accuracy 0.514 -> "
-    "0.648, loss 0.694 -> 0.615).")
+@long_off_tensorflow(
+    "Passed on 2026-11-27: JAX accuracy 0.490 -> 0.668, loss 0.696 -> 0.605 "
+    "(140 s); PyTorch 0.514 -> 0.648, 0.694 -> 0.615 (about 7 minutes, 0.7 s "
+    "a step against 0.11 under TensorFlow and 0.37 under JAX).")
 def test_itm_learns_from_scratch(bundled_large):
     keras.utils.set_random_seed(11)
     tokenizer = InterBERTTokenizer.from_preset("interbert_base_en")
