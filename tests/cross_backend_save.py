@@ -2,10 +2,11 @@
 
 Usage: python tests/cross_backend_save.py OUT_DIR [SEED] [--train]
 
-With `--train`, also saves a pretrainer without dropout (`trainer.keras`) and the weights and losses after
-`TRAIN_EPOCHS` passes over `train_batches()` with the pretraining optimizer,
-so that a process under another backend can replay the same training from
-the same file and compare.
+With `--train`, also saves a pretrainer without dropout (`trainer.keras`),
+then the weights and losses after `TRAIN_EPOCHS` passes over
+`train_batches()` with the pretraining optimizer (`trained.npz`), so that a
+process under another backend can replay the same training from the same
+file and compare.
 """
 import os
 import sys
@@ -37,7 +38,7 @@ def compile_for_training(model):
     from keras_interbert.optimizers import pretraining_optimizer
 
     # Warmup and decay, two learning-rate groups, weight decay and per-variable
-    # clipping (0.5, below the first gradients' norms): the whole optimizer,
+    # clipping at 0.5, which the first gradients exceed: the whole optimizer,
     # with Adam's own epsilon.
     model.compile(optimizer=pretraining_optimizer(
         total_steps=2 * TRAIN_EPOCHS, learning_rate=1e-2,
