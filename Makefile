@@ -46,8 +46,9 @@ test-serial: install
 	  KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) || status=1; \
 	done; exit $$status
 
-# The long learning runs that `make test` keeps to TensorFlow, under JAX and
-# PyTorch (about 15 minutes on two cores; tests/test_pretraining_learning.py).
+# The long learning run that `make test` keeps to TensorFlow (ITM from
+# scratch, tests/test_pretraining_learning.py), under JAX and PyTorch, with
+# the rest of that file (about 15 minutes on two cores).
 test-long: install
 	@status=0; for backend in jax torch; do \
 	  echo "=== KERAS_BACKEND=$$backend (INTERBERT_LONG_TESTS=1)"; \
