@@ -78,9 +78,10 @@ def main(argv=None):
     # A subset run adds to the results already in --out, provided they were
     # made with the same settings; a different setting starts a new table.
     results = previous_results(args)
-    for index, name in enumerate(names):
+    order = list(VARIANTS)
+    for name in names:
         weights = VARIANTS[name]
-        run = os.path.join(args.out, f"variant-{list(VARIANTS).index(name)}")
+        run = os.path.join(args.out, f"variant-{order.index(name)}")
         print(f"\n=== {name} ===")
         # A rerun of a variant starts from nothing: an earlier run's
         # pretraining backup or score files would be resumed or refused.
@@ -138,7 +139,7 @@ def main(argv=None):
             "random": zero_shot["random_baseline"]["text_to_image"],
             "seconds": round(time.time() - start, 1),
         })
-        results.sort(key=lambda r: list(VARIANTS).index(r["variant"]))
+        results.sort(key=lambda r: order.index(r["variant"]))
         path = os.path.join(args.out, "ablations.json")
         with open(path + ".tmp", "w") as f:
             json.dump({"settings": vars(args), "results": results}, f,
