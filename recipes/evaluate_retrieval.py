@@ -54,8 +54,9 @@ def parse_args(argv=None):
     run.add_argument("--rerank-k-captions", type=int, default=None,
                      help="Two-stage: captions reranked per image (default: "
                      "rerank-k x the most captions of an image).")
-    run.add_argument("--first-stage", choices=("itm_head", "cosine"),
-                     default="itm_head",
+    run.add_argument("--first-stage",
+                     choices=("auto", "itm_head", "cosine", "contrastive"),
+                     default="auto",
                      help="Two-stage first score from separately pooled "
                      "text and image vectors (see docs/evaluation.md).")
     run.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10])

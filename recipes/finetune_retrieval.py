@@ -49,8 +49,13 @@ def parse_args(argv=None):
     data.add_argument("--max-regions", type=int, default=101,
                       help="Region slots after the global one (101: 102 slots).")
     data.add_argument("--hard-negatives", default=None,
-                      help="A hard-negative pool .npz (default: built now "
-                      "from the training images, k=100).")
+                      help="A hard-negative pool .npz, or 'contrastive': the "
+                      "nearest images in the --init model's contrastive "
+                      "space (needs a contrastive head). Default: built now "
+                      "from the training images' mean region features.")
+    data.add_argument("--hard-negative-k", type=int, default=None,
+                      help="Pool width, rank 0 (the image) included "
+                      "(default: 100, or 16 for 'contrastive').")
     train = p.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=64,
@@ -58,6 +63,11 @@ def parse_args(argv=None):
     train.add_argument("--steps-per-epoch", type=int, default=None,
                        help="Default: one pass over the training captions.")
     train.add_argument("--learning-rate", type=float, default=4e-5)
+    train.add_argument("--itc-weight", type=float, default=0.0,
+                       help="Weight of the image-text contrastive loss on "
+                       "each caption's matched pair (not in the original "
+                       "finetuning; needs a contrastive head; keeps the "
+                       "two-stage first stage trained).")
     train.add_argument("--warmup-fraction", type=float, default=0.1)
     train.add_argument("--decay-epochs", default="12,16",
                        help="Comma-separated epochs after which the rate "
@@ -109,17 +119,28 @@ def main(argv=None):
     steps = args.steps_per_epoch or max(1, num_captions // args.batch_size)
     total = steps * args.epochs
     decay = [int(e) for e in args.decay_epochs.split(",") if e.strip()]
+    hard_negatives = args.hard_negatives
+    if hard_negatives == "contrastive":
+        from keras_interbert.data.hard_negatives import contrastive_pool
+
+        hard_negatives = contrastive_pool(retriever, table,
+                                          k=args.hard_negative_k or 16)
+    elif args.hard_negative_k and hard_negatives is None:
+        from keras_interbert.data.hard_negatives import nearest_neighbour_pool
+
+        hard_negatives = nearest_neighbour_pool(
+            table.global_features(), table.image_ids, k=args.hard_negative_k)
     config = RetrievalDataConfig(
         sequence_length=args.sequence_length, max_regions=args.max_regions,
         batch_size=args.batch_size, seed=args.seed, repeat=True)
     train = retrieval_training_dataset(table, captions, tokenizer, config,
-                                       hard_negatives=args.hard_negatives,
+                                       hard_negatives=hard_negatives,
                                        split="train")
     retriever.compile(optimizer=finetuning_optimizer(
         total_steps=total, learning_rate=args.learning_rate,
         warmup_fraction=args.warmup_fraction, steps_per_epoch=steps,
         decay_epochs=decay, weight_decay=args.weight_decay,
-        ema_momentum=args.ema_momentum))
+        ema_momentum=args.ema_momentum), itc_weight=args.itc_weight)
     if args.ema_momentum and args.ema_momentum ** total > 0.5:
         print(f"warning: EMA momentum {args.ema_momentum} over {total} steps "
               f"keeps {args.ema_momentum ** total:.0%} of the initial weights "

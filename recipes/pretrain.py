@@ -48,6 +48,23 @@ def parse_args(argv=None):
     model.add_argument("--bert", default=None,
                        help="Initialise from a BERT checkpoint (HF dir, TF "
                        "checkpoint dir or keras-hub BertBackbone).")
+    model.add_argument("--backbone-override", action="append", default=[],
+                       metavar="KEY=VALUE",
+                       help="Override one backbone setting of the preset "
+                       "(repeatable), e.g. hidden_dim=128. Only for a new "
+                       "model.")
+    model.add_argument("--pooling", choices=("first", "mean"), default="first",
+                       help="What the poolers read: [CLS] and the global "
+                       "image token (first, the original) or the mean of "
+                       "each stream (mean). Only for a new model.")
+    model.add_argument("--dropout", type=float, default=None,
+                       help="Set every dropout rate of a new model (hidden, "
+                       "attention, image stream, fused vector) to this "
+                       "value (default: the preset's).")
+    model.add_argument("--itm-initializer", default=None,
+                       help="Initializer of the matching classifier's kernel "
+                       "(e.g. zeros; default: the backbone's normal one). "
+                       "Only for a new model.")
     model.add_argument("--single-layers", type=int, default=None,
                        help="With --bert: BERT layers that form the single stream.")
     train = p.add_argument_group("training")
@@ -58,12 +75,25 @@ def parse_args(argv=None):
     train.add_argument("--batch-size", type=int, default=32, help="Global batch.")
     train.add_argument("--learning-rate", type=float, default=1e-4)
     train.add_argument("--bert-learning-rate", type=float, default=1e-5)
+    train.add_argument("--head-learning-rate-multiplier", type=float,
+                       default=1.0,
+                       help="Learning rate of the matching and contrastive "
+                       "heads, as a multiple of --learning-rate (1: the "
+                       "original's single rate).")
     train.add_argument("--warmup-fraction", type=float, default=0.1)
     train.add_argument("--weight-decay", type=float, default=0.01)
     train.add_argument("--gradient-accumulation-steps", type=int, default=None)
     train.add_argument("--msm-weight", type=float, default=1.0)
     train.add_argument("--mrm-weight", type=float, default=1.0)
     train.add_argument("--itm-weight", type=float, default=1.0)
+    train.add_argument("--itc-weight", type=float, default=0.0,
+                       help="Weight of the optional image-text contrastive "
+                       "task (not in the published objective; 0 = off). "
+                       "Adds a contrastive head of --contrastive-dim.")
+    train.add_argument("--contrastive-dim", type=int, default=0,
+                       help="Width of the contrastive head's projections "
+                       "(with --itc-weight); 0: no projection, the pooled "
+                       "vectors themselves are compared.")
     train.add_argument("--validation-steps", type=int, default=10)
     train.add_argument("--strategy", default="none",
                        choices=("none", "mirrored", "multi_worker", "jax_data_parallel"))
@@ -77,6 +107,30 @@ def parse_args(argv=None):
                        help="Testing aid: end the process abruptly (as a "
                        "kill would) after this many steps of this attempt.")
     return p.parse_args(argv)
+
+
+# The heads that read the pooled vectors: a faster rate lets the matching
+# classifier reach the size its small fused vector needs (docs/pretraining.md).
+HEAD_PATTERNS = (r"(^|/)itm_head/", r"(^|/)itc_head/")
+
+
+def parse_overrides(items, config):
+    """`KEY=VALUE` strings as backbone settings, typed like the preset's."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in config:
+            raise SystemExit(
+                f"--backbone-override {item!r}: expected KEY=VALUE with KEY "
+                f"one of {sorted(config)}.")
+        kind = type(config[key])
+        try:
+            overrides[key] = (value.lower() in ("1", "true", "yes")
+                              if kind is bool else kind(value))
+        except ValueError:
+            raise SystemExit(f"--backbone-override {item!r}: {value!r} is not "
+                             f"a {kind.__name__}.") from None
+    return overrides
 
 
 def ensure_bundled_data(args):
@@ -120,8 +174,19 @@ def build_model(args, feature_dim, num_classes):
     preset = args.preset or f"interbert_tiny_{args.language}"
     config = preset_backbone_config(preset)
     config["image_feature_dim"] = feature_dim
-    return InterBERTPretrainer(InterBERTBackbone(**config),
-                               num_region_classes=num_classes)
+    config["pooling"] = args.pooling
+    config.update(parse_overrides(args.backbone_override, config))
+    task = {}
+    if args.dropout is not None:
+        for name in ("dropout", "attention_dropout", "image_dropout",
+                     "image_attention_dropout"):
+            config[name] = args.dropout
+        task["itm_dropout"] = args.dropout
+    return InterBERTPretrainer(
+        InterBERTBackbone(**config), num_region_classes=num_classes, **task,
+        contrastive=args.itc_weight > 0,
+        contrastive_dim=args.contrastive_dim or None,
+        itm_initializer=args.itm_initializer)
 
 
 def main(argv=None):
@@ -167,17 +232,21 @@ def main(argv=None):
             warmup_fraction=args.warmup_fraction,
             weight_decay=args.weight_decay,
             bert_variable_patterns=BERT_INITIALISED_PATTERNS if args.bert else (),
-            gradient_accumulation_steps=args.gradient_accumulation_steps)
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            learning_rate_multipliers=[
+                (pattern, args.head_learning_rate_multiplier)
+                for pattern in HEAD_PATTERNS
+            ] if args.head_learning_rate_multiplier != 1.0 else [])
         jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile.lower()]
         model.compile(optimizer=optimizer, msm_weight=args.msm_weight,
                       mrm_weight=args.mrm_weight, itm_weight=args.itm_weight,
-                      jit_compile=jit)
+                      itc_weight=args.itc_weight, jit_compile=jit)
 
     def data_config(**overrides):
         return PretrainingDataConfig(**dict(dict(
             sequence_length=args.sequence_length, max_regions=args.max_regions,
             batch_size=args.batch_size, msm=args.msm, mrm=args.mrm,
-            seed=args.seed), **overrides))
+            itc=args.itc_weight > 0, seed=args.seed), **overrides))
 
     train = pretraining_dataset(regions, captions, tokenizer,
                                 data_config(repeat=True), split="train")

@@ -1,21 +1,25 @@
-"""Retrieval finetuning raises held-out R@1 (issue 5), through the recipes.
+"""The improved recipe learns, through the recipes, against a dual encoder.
 
-The tiny configuration, freshly initialised and saved as a `.keras` file
-(the pretrainer's matching head included), is evaluated zero-shot on the
-test split of the bundled data set, finetuned with
-`recipes/finetune_retrieval.py` (four pairs per caption, 1,000 steps of 32
-captions) and evaluated again with `recipes/evaluate_retrieval.py`. Text ->
-image R@1 must end far above the random-ranking baseline and above the
-zero-shot value, and R@10 far above its baseline.
+On 1,000 bundled images (64-d features) the tiny model is pretrained with
+`recipes/pretrain.py` and the quickstart's improved settings (MSM + MRM +
+ITM + image-text contrastive, mean pooling, zero-initialised matching
+classifier at 20x the rate, no dropout) for 300 steps of 64 pairs, evaluated
+zero-shot on the test split, finetuned with `recipes/finetune_retrieval.py`
+(1,000 steps of 32 captions, four pairs each, contrastive weight 0.1) and
+evaluated again. A dual encoder (`benchmarks/dual_encoder_baseline.py`) is
+trained in the same test on the same split for as many steps as the
+finetuning (1,000 steps of 64 captions) and scored by the same code.
 
-TensorFlow only: 1,000 finetuning steps cost about 80 s there and several
-minutes under JAX and PyTorch on two CPU cores. The same objective learning
-under every backend is checked by
-`tests/test_pretraining_learning.py::test_itm_learns_from_scratch`, and a
-model pretrained under one backend finetuning under another by
-`tests/test_tasks.py`.
+Asserted: held-out matching accuracy after pretraining, zero-shot text ->
+image R@1 a stated multiple of random ranking, finetuned R@1 (full
+cross-encoder) at or above the dual encoder's, and the two-stage mode within
+a point and a half of full scoring.
+
+TensorFlow only: about five minutes there on two CPU cores, several times
+that under JAX and PyTorch. The pieces the recipe adds are checked on every
+backend by `tests/test_contrastive.py`, and `fit` taking the same steps on
+every backend by `tests/test_cross_backend.py`.
 """
-import json
 import os
 import sys
 
@@ -24,57 +28,70 @@ import pytest
 
 from conftest import REPO_ROOT
 
-from keras_interbert import InterBERTPretrainer
 from keras_interbert.data.synthetic import write_dataset
 from keras_interbert.evaluation import recall_at
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "recipes"))
+sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
 
 pytestmark = pytest.mark.skipif(
     keras.config.backend() != "tensorflow",
-    reason="1,000 finetuning steps: TensorFlow only (see the module doc).")
+    reason="pretraining, finetuning and a baseline: TensorFlow only (see the "
+    "module doc).")
+
+IMPROVED = ["--itc-weight", "1", "--pooling", "mean", "--itm-initializer",
+            "zeros", "--head-learning-rate-multiplier", "20", "--dropout", "0"]
 
 
 @pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
-def test_finetuning_raises_held_out_recall(tmp_path):
+def test_improved_recipe_beats_a_dual_encoder(tmp_path):
+    import dual_encoder_baseline
     import evaluate_retrieval
     import finetune_retrieval
+    import pretrain
 
     data = str(tmp_path / "data")
     write_dataset(data, num_images=1000, seed=0, feature_dim=64,
                   languages=("en",), save_images=False, progress=False)
-    keras.utils.set_random_seed(42)
-    pretrained = str(tmp_path / "initial.keras")
-    InterBERTPretrainer.from_preset(
-        "interbert_tiny_en", image_feature_dim=64).save(pretrained)
-
     common = ["--data", data, "--max-regions", "8"]
+    pretrained = pretrain.main(
+        ["--out", str(tmp_path / "pretrain"), "--steps", "300",
+         "--steps-per-epoch", "100", "--batch-size", "64",
+         "--learning-rate", "1e-3", "--validation-steps", "4",
+         "--seed", "42", "--verbose", "0"] + common + IMPROVED)
+    itm_accuracy = pretrained["final"]["val_itm_accuracy"]
+
     zero_dir = str(tmp_path / "zero_shot")
     assert evaluate_retrieval.main(
-        ["--model", pretrained, "--split", "test", "--out", zero_dir,
+        ["--model", pretrained["model"], "--split", "test", "--out", zero_dir,
          "--no-progress"] + common) == 0
+    import json
+
     with open(os.path.join(zero_dir, "retrieval_metrics.json")) as f:
         zero_shot = json.load(f)
 
-    summary = finetune_retrieval.main(
-        ["--init", pretrained, "--out", str(tmp_path / "retrieval"),
+    finetuned = finetune_retrieval.main(
+        ["--init", pretrained["model"], "--out", str(tmp_path / "retrieval"),
          "--epochs", "10", "--steps-per-epoch", "100", "--batch-size", "32",
-         "--learning-rate", "5e-4", "--decay-epochs", "8", "--verbose", "0",
-         "--eval-split", "test"] + common)
-    finetuned = summary["evaluation"]
-    protocol = finetuned["protocol"]
-    assert protocol == zero_shot["protocol"]
-    assert protocol["num_images"] == 100
+         "--learning-rate", "5e-4", "--decay-epochs", "8", "--itc-weight",
+         "0.1", "--verbose", "0", "--eval-split", "test"] + common)["evaluation"]
+    baseline = dual_encoder_baseline.train_and_evaluate(
+        data, "en", max_regions=8, steps=1000, batch_size=64, seed=42,
+        progress=False)
 
-    random_r1 = recall_at(finetuned["random_baseline"]["text_to_image"], 1)
+    random_r1 = recall_at(zero_shot["random_baseline"]["text_to_image"], 1)
     zero_r1 = recall_at(zero_shot["modes"]["full"]["text_to_image"], 1)
-    finetuned_r1 = recall_at(finetuned["modes"]["full"]["text_to_image"], 1)
-    print(f"text -> image R@1: random {random_r1:.1f}, zero-shot "
-          f"{zero_r1:.1f}, finetuned {finetuned_r1:.1f}")
-    # Measured here: random 1.0, zero-shot 0.6, finetuned 5.7 (R@10 10.0,
-    # 10.7 and 39.0); 336 queries, so one query is 0.3 points.
-    assert finetuned_r1 >= 3 * random_r1, (random_r1, finetuned_r1)
-    assert finetuned_r1 >= zero_r1 + 2.5, (zero_r1, finetuned_r1)
-    finetuned_r10 = recall_at(finetuned["modes"]["full"]["text_to_image"], 10)
-    assert finetuned_r10 >= 2.5 * recall_at(
-        finetuned["random_baseline"]["text_to_image"], 10), finetuned_r10
+    full_r1 = recall_at(finetuned["modes"]["full"]["text_to_image"], 1)
+    two_stage_r1 = recall_at(finetuned["modes"]["two_stage"]["text_to_image"], 1)
+    baseline_r1 = recall_at(baseline["metrics"]["text_to_image"], 1)
+    print(f"held-out ITM accuracy {itm_accuracy:.3f}; text -> image R@1: "
+          f"random {random_r1:.1f}, zero-shot {zero_r1:.1f}, finetuned "
+          f"{full_r1:.1f} (two-stage {two_stage_r1:.1f}), dual encoder "
+          f"{baseline_r1:.1f}")
+    assert finetuned["protocol"] == zero_shot["protocol"]
+    assert finetuned["protocol"]["num_images"] == 100
+    # 512 held-out pairs: chance has a standard deviation of 0.022.
+    assert itm_accuracy >= 0.70, itm_accuracy
+    assert zero_r1 >= 10 * random_r1, (random_r1, zero_r1)
+    assert full_r1 >= baseline_r1, (full_r1, baseline_r1)
+    assert abs(two_stage_r1 - full_r1) <= 1.5, (two_stage_r1, full_r1)

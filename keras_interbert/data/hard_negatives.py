@@ -227,6 +227,48 @@ def nearest_neighbour_pool(features, image_ids, k=100, block_size=1024,
     return HardNegativePool(image_ids, neighbours, scores, info)
 
 
+def contrastive_image_embeddings(model, table, batch_size=256):
+    """`[N, E]` contrastive embeddings of every image of a `RegionTable`.
+
+    Each image goes through `model.backbone` alone (one empty text token)
+    and `model.itc_head.embed_image`: the space the contrastive task ranks
+    in, where nearby images are the ones their captions confuse.
+    """
+    import keras
+
+    head = getattr(model, "itc_head", None)
+    if head is None:
+        raise ValueError(
+            f"{type(model).__name__} has no contrastive head (`itc_head`); "
+            "contrastive hard negatives need a model pretrained with the "
+            "image-text contrastive task.")
+    backbone = model.backbone
+    embeddings = []
+    for begin in range(0, table.num_images, int(batch_size)):
+        index = np.arange(begin, min(begin + int(batch_size), table.num_images))
+        x = {k: np.asarray(v) for k, v in table.gather(index).items()}
+        x["token_ids"] = np.zeros((len(index), 1), np.int32)
+        x["segment_ids"] = np.zeros((len(index), 1), np.int32)
+        x["text_mask"] = np.zeros((len(index), 1), np.int32)
+        pooled = backbone(x, training=False)["image_pooled"]
+        embeddings.append(keras.ops.convert_to_numpy(head.embed_image(pooled)))
+    return np.concatenate(embeddings).astype(np.float32)
+
+
+def contrastive_pool(model, table, k=16, batch_size=256, progress=False):
+    """The `k` nearest images of every image in the model's contrastive space.
+
+    Harder than the mean-feature pool: the neighbours are the images whose
+    content the pretrained model already finds alike, so their captions are
+    the mistakes finetuning has to learn not to make.
+    """
+    return nearest_neighbour_pool(
+        contrastive_image_embeddings(model, table, batch_size),
+        table.image_ids, k=k, progress=progress,
+        metadata={"method": "cosine of the model's contrastive image "
+                  "embeddings"})
+
+
 def build_hard_negative_pool(regions, split="train", k=100, block_size=1024,
                              progress=True):
     """The nearest-neighbour pool of a split of canonical region files.

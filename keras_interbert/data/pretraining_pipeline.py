@@ -88,6 +88,9 @@ class PretrainingDataConfig:
             (the zeroed regions' slots, K = the batch's largest count rounded
             up to a multiple of 4) with `mrm_targets` [B, K, C] and
             `mrm_weights` [B, K]. Off: targets and weights over all R+1 slots.
+        itc: add `x["itc_token_ids"]`, the captions before text masking
+            (same shape and `text_mask` as `token_ids`), which the optional
+            image-text contrastive task encodes alone.
         repeat: repeat the data indefinitely (new masks every pass).
         drop_remainder: drop a final partial batch (fixed shapes).
     """
@@ -110,6 +113,7 @@ class PretrainingDataConfig:
     captions_per_image: str = "one"
     msm_positions: bool = True
     mrm_positions: bool = True
+    itc: bool = False
     repeat: bool = False
     drop_remainder: bool = True
 
@@ -491,6 +495,8 @@ def _finish_batch(batch, tokenizer, config):
         batch["mrm_weights"], batch["class_probs"], config)
     if mrm_positions is not None:
         x["mrm_positions"] = mrm_positions
+    if config.itc:
+        x["itc_token_ids"] = token_ids
     x.update({
         "token_ids": masked_ids,
         "segment_ids": tf.zeros_like(masked_ids),

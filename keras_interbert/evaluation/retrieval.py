@@ -27,6 +27,7 @@ from keras_interbert.evaluation.retrieval_metrics import rank_summary
 from keras_interbert.evaluation.retrieval_metrics import retrieval_metrics
 from keras_interbert.evaluation.retrieval_metrics import text_to_image_ranks
 from keras_interbert.evaluation.two_stage import first_stage_scores
+from keras_interbert.evaluation.two_stage import resolve_first_stage
 from keras_interbert.evaluation.two_stage import two_stage_scores
 
 MODES = ("full", "two_stage")
@@ -72,7 +73,7 @@ def _directions(t2i_ranks, i2t_ranks, evaluation_set, ks):
 
 def evaluate_retrieval(model, evaluation_set, modes=("full",), ks=DEFAULT_KS,
                        batch_size=1000, scores_path=None, rerank_k=10,
-                       rerank_k_captions=None, first_stage="itm_head",
+                       rerank_k_captions=None, first_stage="auto",
                        first_stage_batch_size=256, progress=True, split=None):
     """Recall@K, median and mean rank of a cross-encoder, per mode.
 
@@ -90,8 +91,8 @@ def evaluate_retrieval(model, evaluation_set, modes=("full",), ks=DEFAULT_KS,
         rerank_k: images reranked per caption in the two-stage mode.
         rerank_k_captions: captions reranked per image (default `rerank_k`
             times the largest number of captions of an image).
-        first_stage: `"itm_head"`, `"cosine"` or a callable (see
-            `first_stage_scores`).
+        first_stage: `"auto"`, `"itm_head"`, `"cosine"`, `"contrastive"` or
+            a callable (see `first_stage_scores`).
         first_stage_batch_size: captions or images per first-stage call.
         progress: show progress bars.
         split: the split's name, for the protocol.
@@ -143,9 +144,10 @@ def evaluate_retrieval(model, evaluation_set, modes=("full",), ks=DEFAULT_KS,
             first_stage_seconds=first_seconds,
             rerank_seconds=reranked["seconds"],
             num_pairs_scored=reranked["num_pairs_scored"],
-            settings={"first_stage": first_stage if isinstance(
-                first_stage, str) else getattr(first_stage, "__name__",
-                                               "callable"),
+            settings={
+                "first_stage": resolve_first_stage(model, first_stage)
+                if isinstance(first_stage, str)
+                else getattr(first_stage, "__name__", "callable"),
                 "k": reranked["k"], "k_captions": reranked["k_captions"],
                 "batch_size": batch_size},
             first_stage=retrieval_metrics(cheap, owner, ks))

@@ -14,6 +14,11 @@ from the two pooled matrices:
   same weights the cross-encoder uses, but ignores cross-modal attention.
 - `"cosine"`: the cosine similarity of `t` and `v` (for a model without an
   `ImageTextMatchingHead`).
+- `"contrastive"`: the model's `ContrastiveHead` (`itc_head`, trained by
+  the optional image-text contrastive task) on `t` and `v`: the similarity
+  the model was trained to rank with.
+- `"auto"`: `"contrastive"` for a model with a contrastive head, else
+  `"itm_head"`.
 
 Second stage. For text->image each caption keeps its `k` best images, and
 for image->text each image its `k_captions` best captions (ties broken by
@@ -33,7 +38,7 @@ from keras_interbert.evaluation.grid_scoring import padded_call
 from keras_interbert.evaluation.grid_scoring import score_pairs
 from keras_interbert.layers.image_text_matching_head import ImageTextMatchingHead
 
-FIRST_STAGE_METHODS = ("itm_head", "cosine")
+FIRST_STAGE_METHODS = ("auto", "itm_head", "cosine", "contrastive")
 
 
 def _find_backbone(model):
@@ -61,6 +66,24 @@ def _find_itm_head(model):
             f"ImageTextMatchingHead; {type(model).__name__} has {len(heads)}. "
             "Use first stage 'cosine'.")
     return heads[0]
+
+
+def _find_contrastive_head(model):
+    head = getattr(model, "itc_head", None)
+    if head is None:
+        raise ValueError(
+            f"first stage 'contrastive' needs a model with a contrastive head "
+            f"(`itc_head`, from pretraining with the ITC task); "
+            f"{type(model).__name__} has none. Use 'itm_head' or 'cosine'.")
+    return head
+
+
+def resolve_first_stage(model, method):
+    """The first-stage method `"auto"` stands for with `model`."""
+    if method != "auto":
+        return method
+    return ("contrastive" if getattr(model, "itc_head", None) is not None
+            else "itm_head")
 
 
 def _to_numpy(model):
@@ -124,8 +147,8 @@ def first_stage_scores(model, evaluation_set, method="itm_head",
                        batch_size=256, progress=False):
     """The cheap score of every pair, float32 `[C, N]` (see module docstring).
 
-    `method` is `"itm_head"`, `"cosine"`, or a callable
-    `f(evaluation_set) -> [C, N]` scores.
+    `method` is `"auto"`, `"itm_head"`, `"cosine"`, `"contrastive"`, or a
+    callable `f(evaluation_set) -> [C, N]` scores.
     """
     if callable(method):
         scores = np.asarray(method(evaluation_set), np.float32)
@@ -137,9 +160,17 @@ def first_stage_scores(model, evaluation_set, method="itm_head",
     if method not in FIRST_STAGE_METHODS:
         raise ValueError(f"first stage must be one of {FIRST_STAGE_METHODS} "
                          f"or a callable; received {method!r}.")
+    method = resolve_first_stage(model, method)
     head = _find_itm_head(model) if method == "itm_head" else None
+    if method == "contrastive":
+        head = _find_contrastive_head(model)
     text, image = pooled_embeddings(model, evaluation_set, batch_size,
                                     progress)
+    if method == "contrastive":
+        text = keras.ops.convert_to_numpy(head.embed_text(text))
+        image = keras.ops.convert_to_numpy(head.embed_image(image))
+        return (text.astype(np.float64) @ image.astype(np.float64).T).astype(
+            np.float32)
     text, image = text.astype(np.float64), image.astype(np.float64)
     if method == "cosine":
         text /= np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)

@@ -34,6 +34,40 @@ class ImageTextSplit(keras.layers.Layer):
         )
 
 
+@keras.saving.register_keras_serializable(package="keras_interbert")
+class SequencePooling(keras.layers.Layer):
+    """The vector a pooler reads from a sequence: its first slot, or the mean.
+
+    `mode="first"` (the original) takes position 0 (`[CLS]`, the global image
+    token); `mode="mean"` averages the real positions of `mask` (a row with
+    none gives zeros).
+    """
+
+    MODES = ("first", "mean")
+
+    def __init__(self, mode="first", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"`pooling` must be one of {list(self.MODES)}; "
+                             f"received {mode!r}.")
+        self.mode = mode
+
+    def call(self, sequence, mask):
+        if self.mode == "first":
+            return sequence[:, 0, :]
+        weights = ops.expand_dims(ops.cast(mask, sequence.dtype), -1)
+        total = ops.sum(sequence * weights, axis=1)
+        return total / ops.maximum(ops.sum(weights, axis=1), 1.0)
+
+    def compute_output_shape(self, sequence_shape, mask_shape=None):
+        return (sequence_shape[0], sequence_shape[2])
+
+    def get_config(self):
+        config = super().get_config()
+        config["mode"] = self.mode
+        return config
+
+
 def _key_mask(mask):
     """A 0/1 key mask in which a row with no real key lets every key through.
 
@@ -96,6 +130,9 @@ class InterBERTBackbone(FunctionalBase):
             initializer of every kernel and embedding (BERT's
             `initializer_range`; 0.02 in the published configuration). The
             pretraining heads and the finetuning heads use the same value.
+        pooling: `"first"` (the original: each pooler reads `[CLS]` and the
+            global image token) or `"mean"` (each pooler reads the mean of
+            its stream's real positions; not in the published model).
         dtype: dtype policy of the layers.
 
     Examples:
@@ -140,6 +177,7 @@ class InterBERTBackbone(FunctionalBase):
         layer_norm_epsilon=1e-12,
         approximate_gelu=False,
         initializer_range=0.02,
+        pooling="first",
         dtype=None,
         **kwargs,
     ):
@@ -241,6 +279,10 @@ class InterBERTBackbone(FunctionalBase):
         self.image_text_split = ImageTextSplit(
             dtype=dtype, name="image_text_split"
         )
+        self.text_pooling = SequencePooling(
+            pooling, dtype=dtype, name="text_pooling")
+        self.image_pooling = SequencePooling(
+            pooling, dtype=dtype, name="image_pooling")
         self.text_pooler = keras.layers.Dense(
             pooled_dim,
             activation="relu",
@@ -307,8 +349,10 @@ class InterBERTBackbone(FunctionalBase):
         outputs = {
             "text_sequence": text,
             "image_sequence": image,
-            "text_pooled": self.text_pooler(text[:, 0, :]),
-            "image_pooled": self.image_pooler(image[:, 0, :]),
+            "text_pooled": self.text_pooler(
+                self.text_pooling(text, text_mask)),
+            "image_pooled": self.image_pooler(
+                self.image_pooling(image, region_mask)),
         }
         inputs = {
             "token_ids": token_ids,
@@ -341,6 +385,7 @@ class InterBERTBackbone(FunctionalBase):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.approximate_gelu = approximate_gelu
         self.initializer_range = initializer_range
+        self.pooling = pooling
 
     input_names = BACKBONE_INPUT_NAMES
 
@@ -377,6 +422,10 @@ class InterBERTBackbone(FunctionalBase):
                 "initializer_range": self.initializer_range,
             }
         )
+        # Written only when not the original's, so configs of the faithful
+        # model stay as they were.
+        if self.pooling != "first":
+            config["pooling"] = self.pooling
         return config
 
     @classmethod

@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_interbert.layers.contrastive_head import ContrastiveHead
 from keras_interbert.layers.image_text_matching_head import ImageTextMatchingHead
 from keras_interbert.layers.masked_region_head import MaskedRegionHead
 from keras_interbert.layers.masked_segment_head import MaskedSegmentHead
@@ -29,6 +30,22 @@ class InterBERTPretrainer(BackboneTask):
         num_region_classes: int. Width of the masked-region target
             distribution (1601 for the Visual Genome detector).
         itm_dropout: float. Dropout on the fused pooled vector.
+        contrastive: bool. Adds a `ContrastiveHead` (`self.itc_head`) for
+            the optional image-text contrastive task (not in the published
+            model; `False`, the default, leaves the model exactly the
+            original's). Called with `x["itc_token_ids"]` (the captions
+            before text masking), the pretrainer then also returns
+            `itc_logits` [B, B]: each caption encoded alone against each
+            image encoded alone.
+        contrastive_dim: optional int. Width of the contrastive head's
+            projections; `None`: no projection (the pooled vectors are
+            compared directly).
+        itm_initializer: optional initializer of the matching classifier's
+            kernel; `None` (the original): the backbone's normal
+            initializer. `"zeros"` starts the classifier at no preference,
+            so its first steps follow whatever the fused vector already
+            says about matching (see docs/pretraining.md) instead of
+            undoing a random start.
         dtype: dtype policy of the heads.
 
     Examples:
@@ -46,7 +63,8 @@ class InterBERTPretrainer(BackboneTask):
     """
 
     def __init__(self, backbone, num_region_classes, itm_dropout=0.1,
-                 dtype=None, **kwargs):
+                 contrastive=False, contrastive_dim=None,
+                 itm_initializer=None, dtype=None, **kwargs):
         # === Layers ===
         self.backbone = backbone
         init = backbone_kernel_initializer(backbone)
@@ -68,8 +86,10 @@ class InterBERTPretrainer(BackboneTask):
             name="mrm_head",
         )
         self.itm_head = ImageTextMatchingHead(
-            dropout=itm_dropout, kernel_initializer=init, dtype=dtype,
-            name="itm_head",
+            dropout=itm_dropout,
+            kernel_initializer=(init if itm_initializer is None
+                                else keras.initializers.get(itm_initializer)),
+            dtype=dtype, name="itm_head",
         )
 
         # === Functional model ===
@@ -84,20 +104,32 @@ class InterBERTPretrainer(BackboneTask):
         }
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
 
+        # A functional model may hold layers outside its graph: the
+        # contrastive head reads unimodal passes that the graph does not hold.
+        self.itc_head = None
+        if contrastive:
+            self.itc_head = ContrastiveHead(
+                projection_dim=contrastive_dim, kernel_initializer=init,
+                dtype=dtype, name="itc_head")
+            self.itc_head.build((None, backbone.pooled_dim))
+
         # === Config ===
         self.num_region_classes = num_region_classes
         self.itm_dropout = itm_dropout
+        self.contrastive = bool(contrastive)
+        self.contrastive_dim = contrastive_dim
+        self.itm_initializer = itm_initializer
 
         # === Training state ===
         self._objective = PretrainingObjective()
         self._ablation_frozen = ()
         self._task_trackers = {
             name: keras.metrics.Mean(name=name)
-            for task in ("msm", "mrm", "itm")
+            for task in TASK_METRICS
             for name, _ in TASK_METRICS[task]
         }
 
-    extra_input_names = ("msm_positions", "mrm_positions")
+    extra_input_names = ("msm_positions", "mrm_positions", "itc_token_ids")
 
     def _image_feature_dim(self):
         return self.backbone.image_feature_dim
@@ -117,7 +149,7 @@ class InterBERTPretrainer(BackboneTask):
         if "mrm_positions" in inputs:
             slots = ops.expand_dims(ops.cast(inputs["mrm_positions"], "int32"), -1)
             image = ops.take_along_axis(image, slots, axis=1)
-        return {
+        outputs = {
             "msm_logits": self.msm_head(features["text_sequence"],
                                         positions=inputs.get("msm_positions")),
             "mrm_logits": self.mrm_head(image),
@@ -125,11 +157,23 @@ class InterBERTPretrainer(BackboneTask):
                                         features["image_pooled"],
                                         training=training),
         }
+        if "itc_token_ids" in inputs:
+            if self.itc_head is None:
+                raise ValueError(
+                    "InterBERTPretrainer: `itc_token_ids` given but the model "
+                    "has no contrastive head; build it with "
+                    "`contrastive=True`.")
+            text, image = unimodal_pooled(self.backbone, inputs,
+                                          inputs["itc_token_ids"],
+                                          training=training)
+            outputs["itc_logits"] = self.itc_head(text, image)
+        return outputs
 
     # === Training ===
 
     def compile(self, optimizer="auto", msm_weight=1.0, mrm_weight=1.0,
-                itm_weight=1.0, loss=None, loss_weights=None, metrics=None,
+                itm_weight=1.0, itc_weight=0.0, loss=None, loss_weights=None,
+                metrics=None,
                 weighted_metrics=None, **kwargs):
         """Configures pretraining.
 
@@ -144,6 +188,9 @@ class InterBERTPretrainer(BackboneTask):
                 only that task uses (its head; the poolers for ITM; a stream
                 no enabled task reads) are frozen, and its metrics are not
                 logged.
+            itc_weight: float >= 0. Weight of the optional image-text
+                contrastive loss (0, the published objective, by default;
+                needs `contrastive_dim` and `x["itc_token_ids"]`).
             **kwargs: `run_eagerly`, `steps_per_execution`, `jit_compile`,
                 `auto_scale_loss`, as for `keras.Model.compile`.
 
@@ -160,7 +207,13 @@ class InterBERTPretrainer(BackboneTask):
                     "weigh the tasks with `msm_weight`, `mrm_weight`, "
                     f"`itm_weight`); received {value!r}."
                 )
-        objective = PretrainingObjective(msm_weight, mrm_weight, itm_weight)
+        objective = PretrainingObjective(msm_weight, mrm_weight, itm_weight,
+                                         itc_weight)
+        if "itc" in objective.tasks and self.itc_head is None:
+            raise ValueError(
+                f"InterBERTPretrainer.compile: itc_weight={itc_weight} needs a "
+                "contrastive head; build the pretrainer with "
+                "`contrastive=True`.")
         if isinstance(optimizer, str) and optimizer == "auto":
             from keras_interbert.optimizers import pretraining_optimizer
 
@@ -184,7 +237,7 @@ class InterBERTPretrainer(BackboneTask):
 
     @property
     def task_weights(self):
-        """The weights of `msm`, `mrm` and `itm` in the total loss."""
+        """The weights of `msm`, `mrm`, `itm` and `itc` in the total loss."""
         return dict(self._objective.weights)
 
     @property
@@ -202,15 +255,19 @@ class InterBERTPretrainer(BackboneTask):
         def weights(layers):
             return [v for layer in layers for v in layer.weights]
 
-        return [
+        groups = [
             (("msm",), [v for v in self.msm_head.weights
                         if id(v) not in shared]),
             (("mrm",), self.mrm_head.weights),
-            (("itm",), weights([self.itm_head, backbone.text_pooler,
-                                backbone.image_pooler])),
-            (("msm", "itm"), weights(backbone.text_stream_layers)),
-            (("mrm", "itm"), weights(backbone.image_stream_layers)),
+            (("itm",), self.itm_head.weights),
+            (("itm", "itc"), weights([backbone.text_pooler,
+                                      backbone.image_pooler])),
+            (("msm", "itm", "itc"), weights(backbone.text_stream_layers)),
+            (("mrm", "itm", "itc"), weights(backbone.image_stream_layers)),
         ]
+        if self.itc_head is not None:
+            groups.append((("itc",), self.itc_head.weights))
+        return groups
 
     def _freeze_unused_variables(self, tasks):
         # Ids, not the variables: a list of variables set as an attribute
@@ -306,13 +363,61 @@ class InterBERTPretrainer(BackboneTask):
             iterator=iterator, data_batch=data_batch)
 
     def _task_config(self):
-        return {"num_region_classes": self.num_region_classes,
-                "itm_dropout": self.itm_dropout}
+        config = {"num_region_classes": self.num_region_classes,
+                  "itm_dropout": self.itm_dropout}
+        if self.contrastive:
+            config.update(contrastive=True,
+                          contrastive_dim=self.contrastive_dim)
+        if self.itm_initializer is not None:
+            config["itm_initializer"] = keras.initializers.serialize(
+                keras.initializers.get(self.itm_initializer))
+        return config
 
     @classmethod
-    def from_preset(cls, preset, **overrides):
-        """Backbone and heads, randomly initialised, from a named configuration."""
+    def from_preset(cls, preset, contrastive=False, contrastive_dim=None,
+                    **overrides):
+        """Backbone and heads, randomly initialised, from a named configuration.
+
+        `contrastive` (and `contrastive_dim`) add the optional contrastive
+        head; other keyword arguments override the backbone configuration.
+        """
         from keras_interbert.presets import preset_task_config
 
         backbone = InterBERTBackbone.from_preset(preset, **overrides)
-        return cls(backbone, **preset_task_config(preset))
+        return cls(backbone, contrastive=contrastive,
+                   contrastive_dim=contrastive_dim,
+                   **preset_task_config(preset))
+
+
+def unimodal_pooled(backbone, inputs, token_ids, training=None):
+    """`(text_pooled, image_pooled)` of each modality encoded alone.
+
+    The captions `token_ids` (with `inputs["text_mask"]`) go through the
+    backbone with one empty image slot, the images of `inputs` with one empty
+    text token: a masked slot is not attended to, so neither pooled vector
+    depends on the other modality (as in the two-stage first stage).
+    """
+    inputs = {k: ops.convert_to_tensor(inputs[k]) for k in (
+        "text_mask", "region_features", "region_locations", "region_mask")}
+    token_ids = ops.convert_to_tensor(token_ids)
+    features = inputs["region_features"]
+    size = ops.shape(token_ids)[0]
+    text_mask = inputs["text_mask"]
+    text = backbone({
+        "token_ids": token_ids,
+        "segment_ids": ops.zeros_like(token_ids),
+        "text_mask": text_mask,
+        "region_features": ops.zeros_like(features[:, :1]),
+        "region_locations": ops.zeros_like(inputs["region_locations"][:, :1]),
+        "region_mask": ops.zeros_like(inputs["region_mask"][:, :1]),
+    }, training=training)["text_pooled"]
+    empty = ops.zeros((size, 1), dtype=text_mask.dtype)
+    image = backbone({
+        "token_ids": ops.zeros_like(token_ids[:, :1]),
+        "segment_ids": ops.zeros_like(token_ids[:, :1]),
+        "text_mask": empty,
+        "region_features": features,
+        "region_locations": inputs["region_locations"],
+        "region_mask": inputs["region_mask"],
+    }, training=training)["image_pooled"]
+    return text, image

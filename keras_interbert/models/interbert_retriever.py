@@ -3,6 +3,9 @@ from keras import ops
 
 from keras_interbert.layers.image_text_matching_head import ImageTextMatchingHead
 from keras_interbert.models.functional_base import BackboneTask
+from keras_interbert.models.input_checks import BACKBONE_INPUT_NAMES
+from keras_interbert.models.interbert_pretrainer import unimodal_pooled
+from keras_interbert.models.pretraining_objective import contrastive_loss
 from keras_interbert.models.interbert_backbone import InterBERTBackbone
 from keras_interbert.models.loading import backbone_of
 from keras_interbert.models.loading import resolve_source
@@ -24,6 +27,10 @@ class InterBERTRetriever(BackboneTask):
         itm_head: an `ImageTextMatchingHead` to reuse (the pretrained one),
             or `None` for a new, randomly initialised head.
         itm_dropout: dropout on the fused vector of a new head.
+        itc_head: optional `ContrastiveHead` (from a pretrainer trained with
+            the image-text contrastive task). Not used by the score; kept
+            for the two-stage first stage `"contrastive"` and saved with the
+            model.
         dtype: dtype policy of the head.
 
     Examples:
@@ -37,8 +44,8 @@ class InterBERTRetriever(BackboneTask):
     ```
     """
 
-    def __init__(self, backbone, itm_head=None, itm_dropout=0.1, dtype=None,
-                 **kwargs):
+    def __init__(self, backbone, itm_head=None, itm_dropout=0.1, itc_head=None,
+                 dtype=None, **kwargs):
         # === Layers ===
         self.backbone = backbone
         if itm_head is None:
@@ -55,21 +62,82 @@ class InterBERTRetriever(BackboneTask):
                                                features["image_pooled"])}
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
 
+        # Outside the functional graph (see InterBERTPretrainer).
+        if isinstance(itc_head, dict):
+            itc_head = keras.layers.deserialize(itc_head)
+        if itc_head is not None and not itc_head.built:
+            itc_head.build((None, backbone.pooled_dim))
+        self.itc_head = itc_head
+        self._itc_weight = 0.0
+        self._pairs_per_caption = 4
+
         # === Config ===
         self.itm_dropout = itm_head.dropout
 
     def _image_feature_dim(self):
         return self.backbone.image_feature_dim
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+    def compile(self, optimizer="auto", loss="auto", metrics="auto",
+                itc_weight=0.0, pairs_per_caption=4, **kwargs):
         """Configures finetuning: 2-way cross-entropy on `itm_logits`.
 
         `optimizer="auto"` is `finetuning_optimizer()` at the spec's 4e-5
         (constant: pass your own for warmup and step decay). `loss` and
         `metrics` default to sparse categorical cross-entropy from logits
         and accuracy, against integer labels (0 = matched).
+
+        `itc_weight > 0` adds the image-text contrastive loss of pretraining
+        (not in the original finetuning; needs `itc_head`): in training, the
+        matched pair of each caption, the first of every
+        `pairs_per_caption` rows as `retrieval_training_dataset` lays them
+        out, is encoded one modality at a time, and every caption of the
+        batch is contrasted with every image of it, both ways. It keeps the
+        contrastive first stage of two-stage retrieval in step with the
+        finetuned backbone.
         """
+        itc_weight = float(itc_weight)
+        if not itc_weight >= 0.0:
+            raise ValueError(f"`itc_weight` must be >= 0; received "
+                             f"{itc_weight}.")
+        if itc_weight > 0 and self.itc_head is None:
+            raise ValueError(
+                f"InterBERTRetriever.compile: itc_weight={itc_weight} needs a "
+                "contrastive head (`itc_head`): start from a pretrainer "
+                "trained with the image-text contrastive task.")
+        if not (isinstance(pairs_per_caption, int) and pairs_per_caption >= 1):
+            raise ValueError("`pairs_per_caption` must be a positive int; "
+                             f"received {pairs_per_caption!r}.")
+        self._itc_weight = itc_weight
+        self._pairs_per_caption = pairs_per_caption
         self._compile_finetuning(optimizer, loss, metrics, 4e-5, **kwargs)
+
+    def call(self, inputs, training=None, mask=None):
+        outputs = super().call(inputs, training=training, mask=mask)
+        if training and getattr(self, "_itc_weight", 0.0) > 0:
+            step = self._pairs_per_caption
+            matched = {k: inputs[k][::step] for k in BACKBONE_INPUT_NAMES}
+            text, image = unimodal_pooled(self.backbone, matched,
+                                          matched["token_ids"],
+                                          training=training)
+            outputs = dict(outputs, itc_logits=self.itc_head(text, image))
+        return outputs
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                     training=True):
+        contrastive = None
+        if isinstance(y_pred, dict) and "itc_logits" in y_pred:
+            y_pred = dict(y_pred)
+            contrastive = y_pred.pop("itc_logits")
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
+        if contrastive is not None:
+            loss = loss + self._itc_weight * contrastive_loss(contrastive)
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        # The compiled metrics read the matching logits only.
+        if isinstance(y_pred, dict) and "itc_logits" in y_pred:
+            y_pred = {k: v for k, v in y_pred.items() if k != "itc_logits"}
+        return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def match_probability(self, x, batch_size=256):
         """`softmax(itm_logits)[:, 0]` of the pairs in `x`, as numpy `[B]`."""
@@ -78,7 +146,10 @@ class InterBERTRetriever(BackboneTask):
             ops.softmax(logits["itm_logits"], axis=-1)[:, 0])
 
     def _task_config(self):
-        return {"itm_dropout": self.itm_dropout}
+        config = {"itm_dropout": self.itm_dropout}
+        if self.itc_head is not None:
+            config["itc_head"] = keras.layers.serialize(self.itc_head)
+        return config
 
     @classmethod
     def from_preset(cls, preset, **overrides):
@@ -92,7 +163,7 @@ class InterBERTRetriever(BackboneTask):
         Args:
             source: a `.keras` path, a preset name, or a model object: an
                 `InterBERTPretrainer` (its backbone and matching head are
-                kept, the spec's choice), an `InterBERTRetriever` (returned
+                kept, the spec's choice, and its contrastive head if any), an `InterBERTRetriever` (returned
                 as is), or an `InterBERTBackbone` (a new head).
             **preset_overrides: backbone config overrides for a preset name.
         """
@@ -100,4 +171,5 @@ class InterBERTRetriever(BackboneTask):
         if isinstance(model, cls):
             return model
         backbone = backbone_of(model, what)
-        return cls(backbone, itm_head=getattr(model, "itm_head", None))
+        return cls(backbone, itm_head=getattr(model, "itm_head", None),
+                   itc_head=getattr(model, "itc_head", None))

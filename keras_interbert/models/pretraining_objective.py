@@ -9,13 +9,14 @@ batch, whatever share of the targets each replica holds.
 """
 from keras import ops
 
-TASKS = ("msm", "mrm", "itm")
+TASKS = ("msm", "mrm", "itm", "itc")
 
 # The `y` entries each task reads.
 TARGET_KEYS = {
     "msm": ("msm_labels", "msm_weights"),
     "mrm": ("mrm_targets", "mrm_weights", "itm_labels"),
     "itm": ("itm_labels",),
+    "itc": ("itm_labels",),
 }
 
 # The metrics each task logs, and the count that weights each of them when
@@ -25,6 +26,7 @@ TASK_METRICS = {
     "msm": (("msm_loss", "msm_count"), ("msm_accuracy", "msm_count")),
     "mrm": (("mrm_loss", "mrm_count"),),
     "itm": (("itm_loss", "itm_count"), ("itm_accuracy", "itm_count")),
+    "itc": (("itc_loss", "itc_count"), ("itc_accuracy", "itc_count")),
 }
 
 _TINY = 1e-30
@@ -39,6 +41,18 @@ def _label_cross_entropy(logits, labels):
     labels = ops.expand_dims(ops.cast(labels, "int32"), -1)
     picked = ops.squeeze(ops.take_along_axis(logits, labels, axis=-1), -1)
     return ops.logsumexp(logits, axis=-1) - picked
+
+
+def contrastive_loss(logits):
+    """Mean symmetric in-batch contrastive loss of a `[B, B]` score matrix.
+
+    Row `i` and column `i` are a matched pair: the cross-entropy of each
+    caption over the images and of each image over the captions, averaged.
+    """
+    logits = ops.cast(logits, "float32")
+    diagonal = ops.diagonal(logits)
+    return ops.mean(0.5 * (ops.logsumexp(logits, axis=1) - diagonal)
+                    + 0.5 * (ops.logsumexp(logits, axis=0) - diagonal))
 
 
 def _hits(logits, labels):
@@ -71,18 +85,31 @@ class PretrainingObjective:
       regions with `mrm_weights` of *matched* pairs only (`itm_labels == 0`),
       divided by their number (at least 1).
     - ITM: 2-way cross-entropy, mean over the batch.
+    - ITC (optional, not in the published objective; off by default): the
+      in-batch image-text contrastive loss on `itc_logits` `[B, B]` (every
+      caption, encoded alone, against every image, encoded alone). Each
+      *matched* pair (`itm_labels == 0`) is a query both ways: the
+      cross-entropy of its caption over the batch's images and of its image
+      over the batch's captions, averaged; mean over the matched pairs.
+      Accuracy: the caption's top image is its own. Under data parallelism
+      the candidates are those of the replica's share of the batch.
 
-    Total = `msm_weight * MSM + mrm_weight * MRM + itm_weight * ITM`. A weight
-    of 0 switches its task off: its loss is not computed at all.
+    Total = `msm_weight * MSM + mrm_weight * MRM + itm_weight * ITM +
+    itc_weight * ITC`. A weight of 0 switches its task off: its loss is not
+    computed at all.
 
     Args:
         msm_weight: float. Weight of the masked-segment loss.
         mrm_weight: float. Weight of the masked-region loss.
         itm_weight: float. Weight of the image-text matching loss.
+        itc_weight: float. Weight of the image-text contrastive loss (0, the
+            published objective, by default).
     """
 
-    def __init__(self, msm_weight=1.0, mrm_weight=1.0, itm_weight=1.0):
-        weights = {"msm": msm_weight, "mrm": mrm_weight, "itm": itm_weight}
+    def __init__(self, msm_weight=1.0, mrm_weight=1.0, itm_weight=1.0,
+                 itc_weight=0.0):
+        weights = {"msm": msm_weight, "mrm": mrm_weight, "itm": itm_weight,
+                   "itc": itc_weight}
         for task, weight in weights.items():
             if weight is None or not float(weight) >= 0.0:
                 raise ValueError(
@@ -93,8 +120,8 @@ class PretrainingObjective:
         self.tasks = tuple(t for t in TASKS if self.weights[t] > 0.0)
         if not self.tasks:
             raise ValueError(
-                "At least one of `msm_weight`, `mrm_weight`, `itm_weight` "
-                "must be > 0; received all 0."
+                "At least one of `msm_weight`, `mrm_weight`, `itm_weight`, "
+                "`itc_weight` must be > 0; received all 0."
             )
 
     def metric_names(self):
@@ -158,6 +185,24 @@ class PretrainingObjective:
             stats["itm_sum"] = ops.sum(_label_cross_entropy(logits, labels))
             stats["itm_count"] = _count_rows(logits)
             stats["itm_correct"] = ops.sum(_hits(logits, labels))
+        if "itc" in self.tasks:
+            if "itc_logits" not in y_pred:
+                raise ValueError(
+                    "The ITC task needs `itc_logits` from the model: build the "
+                    "pretrainer with `contrastive_dim` and feed "
+                    "`x['itc_token_ids']` (PretrainingDataConfig(itc=True)); "
+                    f"the model returned {sorted(y_pred)}.")
+            logits = ops.cast(y_pred["itc_logits"], "float32")
+            matched = ops.cast(
+                ops.equal(ops.cast(y["itm_labels"], "int32"), 0), "float32")
+            diagonal = ops.diagonal(logits)
+            text_to_image = ops.logsumexp(logits, axis=1) - diagonal
+            image_to_text = ops.logsumexp(logits, axis=0) - diagonal
+            stats["itc_sum"] = ops.sum(
+                matched * 0.5 * (text_to_image + image_to_text))
+            stats["itc_count"] = ops.sum(matched)
+            own = ops.arange(ops.shape(logits)[0], dtype="int32")
+            stats["itc_correct"] = ops.sum(matched * _hits(logits, own))
         return stats
 
     def combine(self, stats, totals):

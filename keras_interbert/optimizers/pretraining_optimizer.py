@@ -39,6 +39,7 @@ def pretraining_optimizer(
     beta_2=0.999,
     epsilon=1e-6,
     gradient_accumulation_steps=None,
+    learning_rate_multipliers=(),
     name="pretraining_adamw",
 ):
     """The InterBERT pretraining optimizer (spec section 3.5).
@@ -69,6 +70,9 @@ def pretraining_optimizer(
         no_decay_patterns: regular expressions of variables without decay.
         beta_1, beta_2, epsilon: Adam constants (`BertAdam`'s by default).
         gradient_accumulation_steps: int >= 2 or `None`. Batches per update.
+        learning_rate_multipliers: more `(pattern, multiplier)` pairs, checked
+            before the BERT group (the first match wins), e.g.
+            `[(r"(^|/)itm_head/", 20.0)]` for a faster matching head.
         name: the optimizer's name.
 
     Examples:
@@ -96,6 +100,8 @@ def pretraining_optimizer(
         learning_rate=schedule,
         weight_decay=weight_decay,
         learning_rate_multipliers=[
+            (str(pattern), float(factor))
+            for pattern, factor in learning_rate_multipliers] + [
             (pattern, multiplier) for pattern in bert_variable_patterns],
         no_decay_patterns=list(no_decay_patterns),
         beta_1=beta_1,

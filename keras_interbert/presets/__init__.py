@@ -107,7 +107,35 @@ PRESETS = {
         ),
         "task": {"num_region_classes": 1601},
     },
+    "interbert_mini_en": {
+        "description": "The quickstart's configuration: hidden 128, 1 layer "
+        "per stack (the smallest size whose finetuned cross-encoder beats "
+        "the dual-encoder baseline on the bundled data, docs/results.md).",
+        "vocabulary": "bert_base_uncased",
+        "backbone": dict(
+            _PUBLISHED,
+            vocabulary_size=30522,
+            num_single_stream_layers=1,
+            num_text_layers=1,
+            num_image_layers=1,
+            hidden_dim=128,
+            num_heads=4,
+            intermediate_dim=256,
+            num_image_heads=4,
+            image_intermediate_dim=256,
+            pooled_dim=192,
+            initializer_range=_initializer_range(128),
+        ),
+        "task": {"num_region_classes": 1601},
+    },
 }
+PRESETS["interbert_mini_zh"] = dict(
+    PRESETS["interbert_mini_en"],
+    description="The quickstart's configuration with the bert-base-chinese "
+    "vocabulary.",
+    vocabulary="bert_base_chinese",
+    backbone=dict(PRESETS["interbert_mini_en"]["backbone"], vocabulary_size=21128),
+)
 PRESETS["interbert_tiny_zh"] = dict(
     PRESETS["interbert_tiny_en"],
     description="The tiny configuration with the bert-base-chinese vocabulary.",
