@@ -200,6 +200,11 @@ def main(argv=None):
         baseline = dual_encoder_baseline.train_and_evaluate(
             data, args.language, max_regions=args.max_regions,
             steps=args.baseline_steps, seed=args.seed, progress=False)
+        from keras_interbert.utils.atomic import write_json_atomically
+
+        os.makedirs(os.path.join(out, "baseline"), exist_ok=True)
+        write_json_atomically(os.path.join(out, "baseline", "metrics.json"),
+                              baseline)
         timings["dual-encoder baseline"] = time.time() - t
 
     # 4. Zero-shot retrieval.

@@ -213,7 +213,8 @@ def test_compile_and_targets_errors():
         model.pretraining_losses(y, model(x))
     model.compile()  # "auto": the published optimizer, constant rate
     assert isinstance(model.optimizer, GroupedAdamW)
-    assert model.task_weights == {"msm": 1.0, "mrm": 1.0, "itm": 1.0}
+    assert model.task_weights == {"msm": 1.0, "mrm": 1.0, "itm": 1.0,
+                                  "itc": 0.0}
     with pytest.raises(ValueError, match="sample_weight"):
         model.compute_loss(x, y, model(x), sample_weight=np.ones(4))
 
