@@ -190,7 +190,7 @@ class InterBERTPretrainer(BackboneTask):
                 logged.
             itc_weight: float >= 0. Weight of the optional image-text
                 contrastive loss (0, the published objective, by default;
-                needs `contrastive_dim` and `x["itc_token_ids"]`).
+                needs `contrastive=True` and `x["itc_token_ids"]`).
             **kwargs: `run_eagerly`, `steps_per_execution`, `jit_compile`,
                 `auto_scale_loss`, as for `keras.Model.compile`.
 

@@ -18,6 +18,11 @@ def write_bytes_atomically(path, data):
     handle, temporary = tempfile.mkstemp(
         dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); give it the mode an
+        # ordinary open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         with os.fdopen(handle, "wb") as f:
             f.write(data)
             f.flush()
