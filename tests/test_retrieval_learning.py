@@ -14,9 +14,10 @@ same code. (At the quickstart's scale, where the dual encoder gets 600 steps
 of 128 captions, the two are level: docs/results.md.)
 
 Asserted: held-out matching accuracy after pretraining, zero-shot text ->
-image R@1 a stated multiple of random ranking, finetuned R@1 (full
-cross-encoder) at or above the dual encoder's, and the two-stage mode within
-a point and a half of full scoring.
+image R@1 at least 10x random ranking, finetuned R@1 (full cross-encoder)
+at least the dual encoder's less one point (numerical noise; measured 2.1
+points above), and the two-stage mode within a point and a half of full
+scoring.
 
 TensorFlow only: about seven minutes there on two CPU cores, several times
 that under JAX and PyTorch. The pieces the recipe adds are checked on every
@@ -94,8 +95,13 @@ def test_improved_recipe_beats_a_dual_encoder(tmp_path):
           f"{baseline_r1:.1f}")
     assert finetuned["protocol"] == zero_shot["protocol"]
     assert finetuned["protocol"]["num_images"] == 100
-    # 512 held-out pairs: chance has a standard deviation of 0.022.
-    assert itm_accuracy >= 0.70, itm_accuracy
+    # Measured on 2026-11-30 (TensorFlow, two cores): ITM accuracy 0.715,
+    # zero-shot R@1 28.3, finetuned 55.7 (two-stage 55.7), dual encoder
+    # 53.6. 512 held-out pairs: chance accuracy has a standard deviation of
+    # 0.022. 336 queries: one query is 0.3 points of R@1; the finetuned
+    # model must not fall more than a point (3 queries) below the dual
+    # encoder, numerical noise of a different CPU (measured margin +2.1).
+    assert itm_accuracy >= 0.65, itm_accuracy
     assert zero_r1 >= 10 * random_r1, (random_r1, zero_r1)
-    assert full_r1 >= baseline_r1, (full_r1, baseline_r1)
+    assert full_r1 >= baseline_r1 - 1.0, (full_r1, baseline_r1)
     assert abs(two_stage_r1 - full_r1) <= 1.5, (two_stage_r1, full_r1)
