@@ -23,7 +23,6 @@ them as JSON:
         --data runs/bundled-data-1000-d256 --max-regions 8 --steps 600
 """
 import argparse
-import json
 import math
 import os
 import sys

@@ -19,7 +19,6 @@ first stage ("two-stage"), and writes into `--out`:
         --split test --out runs/retrieval-zero-shot --modes full two-stage
 """
 import argparse
-import json
 import os
 import sys
 
@@ -65,13 +64,6 @@ def parse_args(argv=None):
                      "partial score file is kept; exit status 3).")
     run.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
-
-
-def _write_json_atomically(path, obj):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def main(argv=None):
@@ -140,7 +132,9 @@ def main(argv=None):
     print(format_table(report))
     plot_recall_curves(report, plot_path,
                        title=f"{os.path.basename(args.model)}: {args.split}")
-    _write_json_atomically(metrics_path, report)
+    from keras_interbert.utils.atomic import write_json_atomically
+
+    write_json_atomically(metrics_path, report)
     print(f"\nWrote {metrics_path} and {plot_path}.")
     return 0
 

@@ -43,16 +43,19 @@ def _label_cross_entropy(logits, labels):
     return ops.logsumexp(logits, axis=-1) - picked
 
 
-def contrastive_loss(logits):
-    """Mean symmetric in-batch contrastive loss of a `[B, B]` score matrix.
-
-    Row `i` and column `i` are a matched pair: the cross-entropy of each
-    caption over the images and of each image over the captions, averaged.
-    """
+def _contrastive_terms(logits):
+    """Per pair `i` of a `[B, B]` score matrix (row `i` and column `i` match):
+    the mean of the cross-entropy of caption `i` over the images and of
+    image `i` over the captions."""
     logits = ops.cast(logits, "float32")
     diagonal = ops.diagonal(logits)
-    return ops.mean(0.5 * (ops.logsumexp(logits, axis=1) - diagonal)
-                    + 0.5 * (ops.logsumexp(logits, axis=0) - diagonal))
+    return 0.5 * (ops.logsumexp(logits, axis=1) - diagonal) + 0.5 * (
+        ops.logsumexp(logits, axis=0) - diagonal)
+
+
+def contrastive_loss(logits):
+    """Mean symmetric in-batch contrastive loss of a `[B, B]` score matrix."""
+    return ops.mean(_contrastive_terms(logits))
 
 
 def _hits(logits, labels):
@@ -195,11 +198,7 @@ class PretrainingObjective:
             logits = ops.cast(y_pred["itc_logits"], "float32")
             matched = ops.cast(
                 ops.equal(ops.cast(y["itm_labels"], "int32"), 0), "float32")
-            diagonal = ops.diagonal(logits)
-            text_to_image = ops.logsumexp(logits, axis=1) - diagonal
-            image_to_text = ops.logsumexp(logits, axis=0) - diagonal
-            stats["itc_sum"] = ops.sum(
-                matched * 0.5 * (text_to_image + image_to_text))
+            stats["itc_sum"] = ops.sum(matched * _contrastive_terms(logits))
             stats["itc_count"] = ops.sum(matched)
             own = ops.arange(ops.shape(logits)[0], dtype="int32")
             stats["itc_correct"] = ops.sum(matched * _hits(logits, own))
