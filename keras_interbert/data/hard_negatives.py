@@ -236,23 +236,17 @@ def contrastive_image_embeddings(model, table, batch_size=256):
     """
     import keras
 
+    from keras_interbert.evaluation.two_stage import image_pooled_vectors
+
     head = getattr(model, "itc_head", None)
     if head is None:
         raise ValueError(
             f"{type(model).__name__} has no contrastive head (`itc_head`); "
             "contrastive hard negatives need a model pretrained with the "
             "image-text contrastive task.")
-    backbone = model.backbone
-    embeddings = []
-    for begin in range(0, table.num_images, int(batch_size)):
-        index = np.arange(begin, min(begin + int(batch_size), table.num_images))
-        x = {k: np.asarray(v) for k, v in table.gather(index).items()}
-        x["token_ids"] = np.zeros((len(index), 1), np.int32)
-        x["segment_ids"] = np.zeros((len(index), 1), np.int32)
-        x["text_mask"] = np.zeros((len(index), 1), np.int32)
-        pooled = backbone(x, training=False)["image_pooled"]
-        embeddings.append(keras.ops.convert_to_numpy(head.embed_image(pooled)))
-    return np.concatenate(embeddings).astype(np.float32)
+    pooled = image_pooled_vectors(model.backbone, table, batch_size)
+    return keras.ops.convert_to_numpy(
+        head.embed_image(pooled)).astype(np.float32)
 
 
 def contrastive_pool(model, table, k=16, batch_size=256, progress=False):

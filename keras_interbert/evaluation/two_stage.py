@@ -90,6 +90,28 @@ def _to_numpy(model):
     return lambda x: keras.ops.convert_to_numpy(model.predict_on_batch(x))
 
 
+def image_pooled_vectors(backbone, table, batch_size=256, tick=None):
+    """`image_pooled` `[N, P]` of every image of a `RegionTable`, each alone.
+
+    Each image goes through `backbone` with one empty text token
+    (`text_mask` 0), which its slots do not attend to. `tick()` is called
+    after each batch.
+    """
+    image_model = keras.Model(backbone.input, backbone.output["image_pooled"])
+    images = []
+    image_batch = min(batch_size, table.num_images)
+    for start in range(0, table.num_images, image_batch):
+        index = np.arange(start, min(start + image_batch, table.num_images))
+        x = {k: np.asarray(v) for k, v in table.gather(index).items()}
+        x["token_ids"] = np.zeros((len(index), 1), np.int32)
+        x["segment_ids"] = np.zeros((len(index), 1), np.int32)
+        x["text_mask"] = np.zeros((len(index), 1), np.int32)
+        images.append(padded_call(_to_numpy(image_model), x, image_batch))
+        if tick is not None:
+            tick()
+    return np.concatenate(images).astype(np.float32)
+
+
 def pooled_embeddings(model, evaluation_set, batch_size=256, progress=False):
     """`text_pooled` `[C, P]` of each caption alone and `image_pooled`
     `[N, P]` of each image alone, float32 numpy.
@@ -101,7 +123,6 @@ def pooled_embeddings(model, evaluation_set, batch_size=256, progress=False):
     backbone = _find_backbone(model)
     outputs = backbone.output
     text_model = keras.Model(backbone.input, outputs["text_pooled"])
-    image_model = keras.Model(backbone.input, outputs["image_pooled"])
     feature_dim = evaluation_set.table.feature_dim
     text = evaluation_set.text
     bar = None
@@ -126,21 +147,11 @@ def pooled_embeddings(model, evaluation_set, batch_size=256, progress=False):
         x["region_mask"] = np.zeros((b, 1), np.int32)
         texts.append(padded_call(_to_numpy(text_model), x, text_batch))
         tick()
-    images = []
-    image_batch = min(batch_size, evaluation_set.num_images)
-    for start in range(0, evaluation_set.num_images, image_batch):
-        index = np.arange(start, min(start + image_batch,
-                                     evaluation_set.num_images))
-        x = {k: v.numpy() for k, v in evaluation_set.table.gather(index).items()}
-        x["token_ids"] = np.zeros((len(index), 1), np.int32)
-        x["segment_ids"] = np.zeros((len(index), 1), np.int32)
-        x["text_mask"] = np.zeros((len(index), 1), np.int32)
-        images.append(padded_call(_to_numpy(image_model), x, image_batch))
-        tick()
+    images = image_pooled_vectors(backbone, evaluation_set.table, batch_size,
+                                  tick)
     if bar is not None:
         bar.close()
-    return (np.concatenate(texts).astype(np.float32),
-            np.concatenate(images).astype(np.float32))
+    return np.concatenate(texts).astype(np.float32), images
 
 
 def first_stage_scores(model, evaluation_set, method="itm_head",
