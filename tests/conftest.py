@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared")
-FIXTURE = os.path.join(SHARED, "fixtures", "original_interbert_tiny.npz")
+# The original code's golden record, kept in the repository (see
+# tests/fixtures/README.md for how it was made and what it holds).
+FIXTURE = os.path.join(REPO_ROOT, "tests", "fixtures",
+                       "original_interbert_tiny.npz")
 BACKEND = keras.config.backend()
 
 
