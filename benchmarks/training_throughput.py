@@ -8,9 +8,10 @@ fresh process, and reports image-text pairs per second, achieved FLOP/s, the
 model FLOPs utilisation against a float32 matrix-product peak measured in the
 same process, and the process's peak resident memory.
 
-Reference (../shared/fixtures/README.md): the original PyTorch code trains the
+Reference (docs/architecture.md §9): the original PyTorch code trains the
 published configuration at about 2.5 pairs/s on this class of machine (2
-cores, fp32). Targets: fastest backend >= 3.8 pairs/s, TensorFlow >= 2.5.
+cores, fp32); a ratio is only exact when a checkout of the authors' code is
+timed in the same run on the same machine. Targets: fastest backend >= 3.8 pairs/s, TensorFlow >= 2.5.
 
     .venv/bin/python benchmarks/training_throughput.py                 # everything
     .venv/bin/python benchmarks/training_throughput.py --configs tiny --variants jax

@@ -1,4 +1,4 @@
-"""Evaluate caption-based image retrieval (spec §4.1): Recall@1/5/10, median and mean rank.
+"""Evaluate caption-based image retrieval (docs/architecture.md §4.1): Recall@1/5/10, median and mean rank.
 
 Loads a `.keras` model whose output dict holds `itm_logits` (the pretrained
 `InterBERTPretrainer` for zero-shot retrieval, or a finetuned retrieval

@@ -1,4 +1,4 @@
-"""Finetune InterBERT for image-text retrieval (spec section 4.1) and evaluate it.
+"""Finetune InterBERT for image-text retrieval (docs/architecture.md §4.1) and evaluate it.
 
 Loads a pretrained model (a `.keras` file written by `recipes/pretrain.py` or
 a converter, a saved retriever, or a preset for a from-scratch baseline) with

@@ -1,4 +1,4 @@
-"""Finetune InterBERT on a text-only classification task (spec section 4.3).
+"""Finetune InterBERT on a text-only classification task (docs/architecture.md §4.3).
 
 GLUE-style TSV files (`train.tsv`, `dev.tsv` in `--task-dir`, one or two text
 columns and a `label` column); the text goes through the model with no image

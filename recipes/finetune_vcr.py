@@ -1,4 +1,4 @@
-"""Finetune InterBERT for VCR-style multiple choice (spec section 4.2).
+"""Finetune InterBERT for VCR-style multiple choice (docs/architecture.md §4.2).
 
 Loads a pretrained model (a `.keras` file or a preset) with `keras.saving`,
 adds the multiple-choice head (`Dense(1)` on the fused pooled vectors, a

@@ -1,4 +1,4 @@
-"""Masking rules of the data pipeline (spec §3.2, §3.3).
+"""Masking rules of the data pipeline (docs/architecture.md §3.2, §3.3).
 
 Expected values are derived in this file from the written rules (exact sums
 over the span distribution, hand-computed IoUs), never from the code under
@@ -70,7 +70,8 @@ def test_span_length_distribution_and_masked_fraction_for_34_pieces():
     counts = weights.sum(axis=1).astype(int)
     expected = span_length_distribution(n)
     expected_fraction = (expected * np.arange(n + 1)).sum() / n
-    # Spec: "~34-37% of tokens masked on average", "n=34 -> 2.9%" empty.
+    # docs/architecture.md §3.2: 34-37% of tokens masked on average, no
+    # target in 2.9% of captions at n=34.
     assert 0.33 < expected_fraction < 0.37
     assert abs(expected[0] - 0.029) < 0.001
     assert abs(counts.mean() / n - expected_fraction) < 0.01
@@ -92,7 +93,7 @@ def test_span_start_is_uniform_over_the_caption():
         for k in range(n)
     ])
     np.testing.assert_allclose(observed, expected, atol=0.012)
-    assert abs((weights.sum(axis=1) == 0).mean() - 1 / 9) < 0.01  # spec: 11%
+    assert abs((weights.sum(axis=1) == 0).mean() - 1 / 9) < 0.01  # architecture.md §3.2: 11%
 
 
 def test_short_captions_are_never_masked():

@@ -18,7 +18,7 @@ TASK_LOGS = {"msm": {"msm_loss", "msm_accuracy"}, "mrm": {"mrm_loss"},
              "itm": {"itm_loss", "itm_accuracy"}}
 
 
-# === An independent numpy reading of spec section 3.4 ===
+# === An independent numpy reading of docs/architecture.md §3.4 ===
 
 def _log_softmax(z):
     z = np.asarray(z, np.float64)

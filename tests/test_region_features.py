@@ -203,7 +203,7 @@ def test_masked_features_passed_in_drive_global_slot():
     masked[1] = 0.0
     out = to_backbone_regions(single_example(boxes, feats), max_regions=4,
                               features=tf.constant(masked))
-    # Zeroed regions count in the denominator (spec 1.2, pretraining).
+    # Zeroed regions count in the denominator (docs/architecture.md §1.2, pretraining).
     np.testing.assert_allclose(out["region_features"][0], [8 / 3, 4 / 3])
     np.testing.assert_allclose(out["region_features"][2], [0.0, 0.0])
 

@@ -1,4 +1,4 @@
-"""Initialising InterBERT from a BERT checkpoint (spec section 2.7).
+"""Initialising InterBERT from a BERT checkpoint (docs/architecture.md §2.7).
 
 Embeddings and the first `single_stream_layers` BERT layers go to the
 single-stream module, the remaining layers to the text stream, the masked-LM

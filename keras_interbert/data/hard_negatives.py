@@ -1,4 +1,4 @@
-"""Hard-negative pools for retrieval training (spec §4.1, §7 #7).
+"""Hard-negative pools for retrieval training (docs/architecture.md §4.1, §7 #7).
 
 The original code reads a precomputed `hard_negative.pkl` whose construction
 is not published. This module builds the recommended replacement: for every

@@ -197,7 +197,7 @@ def mask_segment_span(
     mask_probability=0.8,
     random_probability=0.1,
 ):
-    """Masked segment modelling: one random span of the caption (spec §3.2).
+    """Masked segment modelling: one random span of the caption (docs/architecture.md §3.2).
 
     With n caption word pieces: if `floor(gate_ratio * n) == 0` (n <= 3 for
     0.3) nothing is masked. Otherwise a start `s ~ UniformInt[0, n]`
@@ -279,7 +279,7 @@ def mask_tokens_bert(
     mask_probability=0.8,
     random_probability=0.1,
 ):
-    """BERT token masking, the fallback without `--span_mask` (spec §3.2).
+    """BERT token masking, the fallback without `--span_mask` (docs/architecture.md §3.2).
 
     Each caption word piece independently becomes a prediction target with
     `probability`, then is replaced 80/10/10 as in `mask_segment_span`.
@@ -313,7 +313,7 @@ def mask_tokens_bert(
 
 
 def region_iou(boxes_normalized, image_h, image_w):
-    """Pairwise IoU of boxes with the one-pixel inclusive offset (spec §3.3).
+    """Pairwise IoU of boxes with the one-pixel inclusive offset (docs/architecture.md §3.3).
 
     Boxes are `(x1, y1, x2, y2)` divided by the image width/height; widths
     and heights get `+1/W` and `+1/H` (a pixel box `[x1, x2]` covers
@@ -375,7 +375,7 @@ def expand_region_groups(boxes_normalized, region_mask, seed_regions,
 
 def mask_region_groups(boxes_normalized, region_mask, seed, image_h, image_w,
                        probability=0.1, iou_threshold=0.4):
-    """Masked region modelling by overlapping groups (spec §3.3).
+    """Masked region modelling by overlapping groups (docs/architecture.md §3.3).
 
     Each real region is drawn as a seed with `probability`; every real region
     whose IoU with a seed is `>= iou_threshold` (see `region_iou`; the seed

@@ -1,4 +1,4 @@
-"""Multiple-choice input pipeline: VCR-style Q->A and QA->R (spec §1.1, §4.2).
+"""Multiple-choice input pipeline: VCR-style Q->A and QA->R (docs/architecture.md §1.1, §4.2).
 
 Records are JSON Lines, one question a line:
 
@@ -25,7 +25,7 @@ segments truncated longest first, BERT's `_truncate_seq_pair`, to
 
 - `task="q_a"`: `first` = question, `second` = each answer; length 60.
 - `task="qa_r"`: `first` = question `[SEP]` gold answer (the original
-  loader's `Q [SEP] A*`, spec §1.1; `answer_separator=False` gives `Q A*`),
+  loader's `Q [SEP] A*`, docs/architecture.md §1.1; `answer_separator=False` gives `Q A*`),
   `second` = each rationale; length 80. The gold answer is used in training
   and in evaluation (QA->R accuracy is conditioned on the gold answer).
 
@@ -197,7 +197,7 @@ def read_multiple_choice(path, num_options=4, policy="raise", report=None,
 
 @dataclasses.dataclass
 class MultipleChoiceDataConfig:
-    """Settings of the multiple-choice pipeline (defaults: spec §4.2).
+    """Settings of the multiple-choice pipeline (defaults: docs/architecture.md §4.2).
 
     Attributes:
         task: `"q_a"` (question -> answer) or `"qa_r"` (question and gold

@@ -1,4 +1,4 @@
-"""The pretraining input pipeline: pairs, ITM negatives, MSM and MRM (spec §3).
+"""The pretraining input pipeline: pairs, ITM negatives, MSM and MRM (docs/architecture.md §3).
 
 Files on disk (canonical region shards + captions JSON Lines) become batches
 `(x, y)` for `InterBERTPretrainer.fit`, built only from TensorFlow graph ops
@@ -61,9 +61,9 @@ class PretrainingDataConfig:
         max_regions: region slots after the global one (36, so 37 slots).
         batch_size: pairs per batch (per worker when sharded).
         negative_probability: chance of a mismatched caption (ITM label 1).
-        msm: `"span"` (spec §3.2) or `"token"` (BERT 15%).
+        msm: `"span"` (docs/architecture.md §3.2) or `"token"` (BERT 15%).
         msm_token_probability: the per-token rate of `msm="token"`.
-        mrm: `"group"` (spec §3.3) or `"random"` (15% per region).
+        mrm: `"group"` (docs/architecture.md §3.3) or `"random"` (15% per region).
         mrm_probability: seed probability of `mrm="group"` (0.1).
         mrm_iou_threshold: grouping threshold (0.4).
         global_feature: `"masked_mean"` (original pretraining code) or

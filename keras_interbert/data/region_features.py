@@ -1303,7 +1303,7 @@ def recompute_global_region(region_features, region_mask):
 
     For features changed after `to_backbone_regions` (e.g. zeroed by region
     masking): the original pretraining code averages the *masked* features,
-    zeroed regions counting in the denominator (spec §1.2, §6 quirk 3).
+    zeroed regions counting in the denominator (docs/architecture.md §1.2, §6 quirk 3).
     Works on `[R+1, D]` or batched `[B, R+1, D]` inputs; the mean is over the
     slots 1..R whose mask is 1 (the kept regions, so after truncation).
     """

@@ -1,4 +1,4 @@
-"""Caption-based image retrieval: training pairs and evaluation grids (spec §4.1).
+"""Caption-based image retrieval: training pairs and evaluation grids (docs/architecture.md §4.1).
 
 Retrieval pairs any caption with any image, so the region slots of a whole
 split are held in memory by a `RegionTable` and gathered by image index inside
@@ -330,11 +330,11 @@ class _CaptionOwners:
 
 @dataclasses.dataclass
 class RetrievalDataConfig:
-    """Settings of the retrieval training pipeline (defaults: spec §4.1).
+    """Settings of the retrieval training pipeline (defaults: docs/architecture.md §4.1).
 
     Attributes:
         sequence_length: packed caption length (30), cut after packing so an
-            over-long caption loses its `[SEP]` (spec §6 quirk 5).
+            over-long caption loses its `[SEP]` (docs/architecture.md §6 quirk 5).
         max_regions: region slots after the global one (101: 102 slots).
         batch_size: captions per batch; a batch holds `4 * batch_size` pairs.
         shuffle: visit the captions in a new seeded permutation each epoch
@@ -514,7 +514,7 @@ def _hard_pool(hard_negatives, table):
 
 def retrieval_training_dataset(regions, captions, tokenizer, config=None,
                                hard_negatives=None, split="train"):
-    """Batches `(x, labels)` of retrieval training pairs (spec §4.1).
+    """Batches `(x, labels)` of retrieval training pairs (docs/architecture.md §4.1).
 
     Args:
         regions: a `RegionTable` of the split, or region files (a canonical
@@ -561,7 +561,7 @@ def retrieval_training_dataset(regions, captions, tokenizer, config=None,
 
 
 class RetrievalEvaluationSet:
-    """Every caption of a split against every image of the split (spec §4.1).
+    """Every caption of a split against every image of the split (docs/architecture.md §4.1).
 
     Pairs are numbered caption-major: pair `p` is caption `p // num_images`
     against image `p % num_images`, so the grid is covered exactly once and

@@ -1,4 +1,4 @@
-"""Text-only classification input pipeline (GLUE-style TSV, spec §4.3).
+"""Text-only classification input pipeline (GLUE-style TSV, docs/architecture.md §4.3).
 
 `read_tsv` reads a tab-separated file with a header line in Python, picking
 one or two text columns and a label column by name; the texts are then
@@ -8,7 +8,7 @@ tokenized and packed inside the graph (`[CLS] a [SEP]` or
 There are no images: every batch carries the minimal region inputs the
 backbone accepts, `num_region_slots` (1) all-masked slots of zeros
 (`region_mask` all 0), so the text path is exactly a BERT encoder
-(spec §4.3: "feed text only").
+(docs/architecture.md §4.3: "feed text only").
 
 Labels are strings mapped to ids by a label vocabulary (position = id). The
 vocabulary is given, or built from the file: its labels sorted (numerically
@@ -172,7 +172,7 @@ def read_tsv(path, text_columns, label_column="label", label_vocabulary=None,
 
 @dataclasses.dataclass
 class TextClassificationDataConfig:
-    """Settings of the text classification pipeline (spec §4.3's choice).
+    """Settings of the text classification pipeline (the choice of docs/architecture.md §4.3).
 
     Attributes:
         sequence_length: packed length (128).

@@ -1,4 +1,4 @@
-"""Evaluation: caption-based image retrieval (spec §4.1)."""
+"""Evaluation: caption-based image retrieval (docs/architecture.md §4.1)."""
 from keras_interbert.evaluation.grid_scoring import ScoreFileError
 from keras_interbert.evaluation.grid_scoring import load_scores
 from keras_interbert.evaluation.grid_scoring import score_grid

@@ -1,4 +1,4 @@
-"""Caption-based image retrieval evaluation (spec §4.1), both directions.
+"""Caption-based image retrieval evaluation (docs/architecture.md §4.1), both directions.
 
 `evaluate_retrieval` scores a `RetrievalEvaluationSet` with a cross-encoder
 in one or both modes and returns a report: the protocol, the metrics of each

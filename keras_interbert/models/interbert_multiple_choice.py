@@ -21,7 +21,7 @@ class _Folded:
 
 @keras.saving.register_keras_serializable(package="keras_interbert")
 class InterBERTMultipleChoice(BackboneTask):
-    """VCR-style multiple choice (spec section 4.2).
+    """VCR-style multiple choice (docs/architecture.md §4.2).
 
     Every (question, option) pair goes through the backbone with the image;
     the logit of an option is `Dense(1)(Dropout(pooled_text * pooled_image))`

@@ -14,7 +14,7 @@ from keras_interbert.utils.initializers import backbone_kernel_initializer
 
 @keras.saving.register_keras_serializable(package="keras_interbert")
 class InterBERTRetriever(BackboneTask):
-    """Image-text retrieval by the matching head (spec section 4.1).
+    """Image-text retrieval by the matching head (docs/architecture.md §4.1).
 
     Scores an (image, caption) pair with the image-text matching head of
     pretraining: `itm_logits` `[B, 2]`, class 0 = matched; the retrieval
@@ -81,8 +81,8 @@ class InterBERTRetriever(BackboneTask):
                 itc_weight=0.0, pairs_per_caption=4, **kwargs):
         """Configures finetuning: 2-way cross-entropy on `itm_logits`.
 
-        `optimizer="auto"` is `finetuning_optimizer()` at the spec's 4e-5
-        (constant: pass your own for warmup and step decay). `loss` and
+        `optimizer="auto"` is `finetuning_optimizer()` at the original's 4e-5
+        (docs/architecture.md §4.1; constant: pass your own for warmup and step decay). `loss` and
         `metrics` default to sparse categorical cross-entropy from logits
         and accuracy, against integer labels (0 = matched).
 
@@ -163,7 +163,7 @@ class InterBERTRetriever(BackboneTask):
         Args:
             source: a `.keras` path, a preset name, or a model object: an
                 `InterBERTPretrainer` (its backbone and matching head are
-                kept, the spec's choice, and its contrastive head if any), an `InterBERTRetriever` (returned
+                kept, as in docs/architecture.md §4.1, and its contrastive head if any), an `InterBERTRetriever` (returned
                 as is), or an `InterBERTBackbone` (a new head).
             **preset_overrides: backbone config overrides for a preset name.
         """

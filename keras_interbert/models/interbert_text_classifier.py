@@ -9,7 +9,7 @@ from keras_interbert.utils.initializers import backbone_kernel_initializer
 
 @keras.saving.register_keras_serializable(package="keras_interbert")
 class InterBERTTextClassifier(BackboneTask):
-    """Text-only classification or regression on the text path (spec 4.3).
+    """Text-only classification or regression on the text path (docs/architecture.md §4.3).
 
     The text goes in with no image (a single masked, all-zero image slot, as
     `keras_interbert.data.text_classification_dataset` emits): the

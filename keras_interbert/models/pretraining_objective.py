@@ -1,4 +1,4 @@
-"""The InterBERT pretraining objective (spec section 3.4), in `keras.ops`.
+"""The InterBERT pretraining objective (docs/architecture.md §3.4), in `keras.ops`.
 
 The objective is split in two so that it is exact under data parallelism:
 `statistics` gives per-batch *sums* (loss sums, target counts, correct

@@ -1,4 +1,4 @@
-"""The pretraining optimizer of spec section 3.5, built from Keras parts."""
+"""The pretraining optimizer of docs/architecture.md §3.5, built from Keras parts."""
 from keras_interbert.optimizers.grouped_adamw import GroupedAdamW
 from keras_interbert.optimizers.linear_warmup_linear_decay import (
     LinearWarmupLinearDecay,
@@ -42,7 +42,7 @@ def pretraining_optimizer(
     learning_rate_multipliers=(),
     name="pretraining_adamw",
 ):
-    """The InterBERT pretraining optimizer (spec section 3.5).
+    """The InterBERT pretraining optimizer (docs/architecture.md §3.5).
 
     A `GroupedAdamW`: `learning_rate` for new weights, `bert_learning_rate`
     for the variables matched by `bert_variable_patterns` (by default the ones
@@ -53,9 +53,9 @@ def pretraining_optimizer(
     `warmup_fraction` of the updates followed by a linear decay to 0
     (`LinearWarmupLinearDecay`). Without `total_steps` the rate is constant.
 
-    Keras `AdamW` keeps Adam's bias correction, which `BertAdam` lacks (spec
-    section 7 #9), and uses the standard decay groups, not the original's
-    inverted ones (spec section 6 #1).
+    Keras `AdamW` keeps Adam's bias correction, which `BertAdam` lacks
+    (docs/architecture.md §7 #9), and uses the standard decay groups, not the
+    original's inverted ones (docs/architecture.md §6 #1).
 
     Args:
         total_steps: int. Optimizer updates of the whole run (batches divided

@@ -71,7 +71,7 @@ class InterBERTTextPacker(keras.layers.Layer):
     With `truncate_after_packing=True` nothing is truncated before packing:
     the packed sequence is cut to `sequence_length`, so an over-long caption
     loses its final `[SEP]` (the Flickr30K retrieval loader of the original
-    code, spec §1.1).
+    code, docs/architecture.md §1.1).
 
     Runs as TensorFlow ops (`tf.data.Dataset.map`, SavedModel export) under
     any Keras backend. Inputs are int ids of shape `[None]` (one example) or

@@ -1,4 +1,4 @@
-"""The finetuning optimizer and learning-rate schedule (spec section 4.1)."""
+"""The finetuning optimizer and learning-rate schedule (docs/architecture.md §4.1)."""
 import keras
 from keras import ops
 
@@ -69,7 +69,7 @@ def finetuning_optimizer(total_steps=None, learning_rate=4e-5,
                          weight_decay=0.01, clipnorm=1.0, ema_momentum=None,
                          beta_1=0.9, beta_2=0.999, epsilon=1e-6,
                          name="finetuning_adamw"):
-    """The finetuning optimizer of the spec (retrieval, VCR, text tasks).
+    """The finetuning optimizer of docs/architecture.md §4.1 (retrieval, VCR, text tasks).
 
     A `GroupedAdamW` with one learning rate for every variable (no 0.1x BERT
     group in finetuning), no weight decay on biases and LayerNorm, each
