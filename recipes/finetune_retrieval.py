@@ -68,6 +68,11 @@ def parse_args(argv=None):
                        "each caption's matched pair (not in the original "
                        "finetuning; needs a contrastive head; keeps the "
                        "two-stage first stage trained).")
+    train.add_argument("--ranking-weight", type=float, default=0.0,
+                       help="Weight of a listwise ranking loss over each "
+                       "caption's four pairs, both directions (not in the "
+                       "original finetuning; trains image-to-text ranking "
+                       "directly).")
     train.add_argument("--warmup-fraction", type=float, default=0.1)
     train.add_argument("--decay-epochs", default="12,16",
                        help="Comma-separated epochs after which the rate "
@@ -140,7 +145,8 @@ def main(argv=None):
         total_steps=total, learning_rate=args.learning_rate,
         warmup_fraction=args.warmup_fraction, steps_per_epoch=steps,
         decay_epochs=decay, weight_decay=args.weight_decay,
-        ema_momentum=args.ema_momentum), itc_weight=args.itc_weight)
+        ema_momentum=args.ema_momentum), itc_weight=args.itc_weight,
+        ranking_weight=args.ranking_weight)
     if args.ema_momentum and args.ema_momentum ** total > 0.5:
         print(f"warning: EMA momentum {args.ema_momentum} over {total} steps "
               f"keeps {args.ema_momentum ** total:.0%} of the initial weights "

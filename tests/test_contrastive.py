@@ -222,6 +222,59 @@ def test_retriever_itc_finetuning_needs_a_head_and_trains():
     assert after != before
 
 
+def _listwise_reference(logits):
+    # Written out per caption, with explicit softmaxes, in float64.
+    margins = (logits[:, 0] - logits[:, 1]).astype(np.float64).reshape(-1, 4)
+    total = 0.0
+    for matched, random_caption, other_image, hard_caption in margins:
+        image_list = np.array([matched, random_caption, hard_caption])
+        caption_list = np.array([matched, other_image])
+        image_p = np.exp(image_list) / np.exp(image_list).sum()
+        caption_p = np.exp(caption_list) / np.exp(caption_list).sum()
+        total += 0.5 * (-np.log(image_p[0]) - np.log(caption_p[0]))
+    return total / len(margins)
+
+
+def test_listwise_ranking_loss_matches_a_reference():
+    from keras_interbert.models.interbert_retriever import listwise_ranking_loss
+    logits = np.random.default_rng(3).normal(size=(12, 2)).astype("float32") * 3
+    got = float(keras.ops.convert_to_numpy(listwise_ranking_loss(logits)))
+    np.testing.assert_allclose(got, _listwise_reference(logits), rtol=1e-5)
+    # A matched pair far above its three negatives costs (almost) nothing.
+    clear = np.tile(np.array([[9.0, -9.0], [-9.0, 9.0], [-9.0, 9.0],
+                              [-9.0, 9.0]], "float32"), (2, 1))
+    assert float(keras.ops.convert_to_numpy(listwise_ranking_loss(clear))) < 1e-6
+
+
+def test_retriever_ranking_loss_checks_the_layout_and_trains():
+    retriever = InterBERTRetriever(InterBERTBackbone(**TINY_BACKBONE))
+    with pytest.raises(ValueError, match="pairs_per_caption=4"):
+        retriever.compile(ranking_weight=1.0, pairs_per_caption=2)
+    with pytest.raises(ValueError, match="ranking_weight"):
+        retriever.compile(ranking_weight=-1.0)
+    retriever.compile(optimizer=keras.optimizers.Adam(1e-3),
+                      ranking_weight=1.0)
+    x = random_backbone_inputs(batch=8)
+    labels = np.tile(np.array([0, 1, 1, 1], "int32"), 2)
+    logits = keras.ops.convert_to_numpy(retriever(x)["itm_logits"])
+    pointwise = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        labels, logits)
+    # The training loss is the pair loss plus the listwise term; evaluation
+    # reports the pair loss alone.
+    y_pred = {"itm_logits": keras.ops.convert_to_tensor(logits)}
+    training = retriever.compute_loss(x, labels, y_pred, training=True)
+    evaluation = retriever.compute_loss(x, labels, y_pred, training=False)
+    np.testing.assert_allclose(
+        float(keras.ops.convert_to_numpy(training)),
+        float(keras.ops.convert_to_numpy(pointwise))
+        + _listwise_reference(logits), rtol=1e-4)
+    np.testing.assert_allclose(float(keras.ops.convert_to_numpy(evaluation)),
+                               float(keras.ops.convert_to_numpy(pointwise)),
+                               rtol=1e-4)
+    history = retriever.fit(x, labels, batch_size=8, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
 def test_pretraining_pipeline_gives_the_unmasked_captions(tmp_path):
     from keras_interbert.data.pretraining_pipeline import PretrainingDataConfig
     from keras_interbert.data.pretraining_pipeline import numpy_batches

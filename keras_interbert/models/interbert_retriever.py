@@ -12,6 +12,26 @@ from keras_interbert.models.loading import resolve_source
 from keras_interbert.utils.initializers import backbone_kernel_initializer
 
 
+def listwise_ranking_loss(itm_logits):
+    """Listwise ranking loss of retrieval's four pairs per caption.
+
+    `itm_logits` `[4B, 2]` in the layout of `retrieval_training_dataset`
+    (pairs `4b .. 4b+3` of caption `b`: matched, (image, random caption),
+    (random image, caption), (image, hard caption)). The score of a pair is
+    its matching log-odds. Returns the mean over captions of the average of
+    two cross-entropies: the matched pair against pairs 1 and 3 (same image,
+    other captions: image-to-text) and against pair 2 (same caption, another
+    image: text-to-image).
+    """
+    logits = ops.cast(itm_logits, "float32")
+    margin = ops.reshape(logits[:, 0] - logits[:, 1], (-1, 4))
+    image_side = ops.stack([margin[:, 0], margin[:, 1], margin[:, 3]], axis=1)
+    caption_side = margin[:, 0:3:2]
+    image_term = ops.logsumexp(image_side, axis=1) - margin[:, 0]
+    caption_term = ops.logsumexp(caption_side, axis=1) - margin[:, 0]
+    return ops.mean(0.5 * (image_term + caption_term))
+
+
 @keras.saving.register_keras_serializable(package="keras_interbert")
 class InterBERTRetriever(BackboneTask):
     """Image-text retrieval by the matching head (docs/architecture.md §4.1).
@@ -78,7 +98,8 @@ class InterBERTRetriever(BackboneTask):
         return self.backbone.image_feature_dim
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto",
-                itc_weight=0.0, pairs_per_caption=4, **kwargs):
+                itc_weight=0.0, pairs_per_caption=4, ranking_weight=0.0,
+                **kwargs):
         """Configures finetuning: 2-way cross-entropy on `itm_logits`.
 
         `optimizer="auto"` is `finetuning_optimizer()` at the original's 4e-5
@@ -94,7 +115,28 @@ class InterBERTRetriever(BackboneTask):
         batch is contrasted with every image of it, both ways. It keeps the
         contrastive first stage of two-stage retrieval in step with the
         finetuned backbone.
+
+        `ranking_weight > 0` adds a listwise ranking loss on the matching
+        log-odds (not in the original finetuning), in both retrieval
+        directions, over the four pairs per caption of
+        `retrieval_training_dataset` (needs `pairs_per_caption=4`): the
+        image's side is a softmax over the three captions paired with image
+        `i` (its own, a random one, a hard one), the caption's side a
+        softmax over the two images paired with caption `c` (its own, a
+        random one). The 2-way cross-entropy judges each pair alone, so a
+        caption that every image "matches" fairly well costs it little;
+        image-to-text ranking compares captions for one image, and the
+        image's side of this loss trains exactly that comparison.
         """
+        ranking_weight = float(ranking_weight)
+        if not ranking_weight >= 0.0:
+            raise ValueError(f"`ranking_weight` must be >= 0; received "
+                             f"{ranking_weight}.")
+        if ranking_weight > 0 and pairs_per_caption != 4:
+            raise ValueError(
+                "InterBERTRetriever.compile: ranking_weight needs the four "
+                "pairs per caption of retrieval_training_dataset "
+                f"(pairs_per_caption=4); received {pairs_per_caption!r}.")
         itc_weight = float(itc_weight)
         if not itc_weight >= 0.0:
             raise ValueError(f"`itc_weight` must be >= 0; received "
@@ -109,6 +151,7 @@ class InterBERTRetriever(BackboneTask):
                              f"received {pairs_per_caption!r}.")
         self._itc_weight = itc_weight
         self._pairs_per_caption = pairs_per_caption
+        self._ranking_weight = ranking_weight
         self._compile_finetuning(optimizer, loss, metrics, 4e-5, **kwargs)
 
     def call(self, inputs, training=None, mask=None):
@@ -131,6 +174,9 @@ class InterBERTRetriever(BackboneTask):
         loss = super().compute_loss(x, y, y_pred, sample_weight, training)
         if contrastive is not None:
             loss = loss + self._itc_weight * contrastive_loss(contrastive)
+        if training and getattr(self, "_ranking_weight", 0.0) > 0:
+            logits = y_pred["itm_logits"] if isinstance(y_pred, dict) else y_pred
+            loss = loss + self._ranking_weight * listwise_ranking_loss(logits)
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
