@@ -59,6 +59,7 @@ def main(argv=None):
     import pretrain
     import evaluate_retrieval
 
+    from keras_interbert.utils.atomic import write_json_atomically
     from keras_interbert.utils.run_directory import fresh_run_directory
 
     os.makedirs(args.out, exist_ok=True)
@@ -141,10 +142,8 @@ def main(argv=None):
         })
         results.sort(key=lambda r: order.index(r["variant"]))
         path = os.path.join(args.out, "ablations.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump({"settings": vars(args), "results": results}, f,
-                      indent=2)
-        os.replace(path + ".tmp", path)
+        write_json_atomically(path, {"settings": vars(args),
+                                     "results": results})
     write_table(args, results)
     return results
 
@@ -177,6 +176,7 @@ def write_table(args, results):
     import keras
 
     from keras_interbert.evaluation import recall_at
+    from keras_interbert.utils.atomic import write_text_atomically
 
     lines = [
         f"Backend {keras.config.backend()}, seed {args.seed}, "
@@ -206,8 +206,8 @@ def write_table(args, results):
             f"{recall_at(f, 1):.1f} | {recall_at(f, 5):.1f} | "
             f"{recall_at(f, 10):.1f} | {recall_at(i, 1):.1f} | "
             f"{recall_at(r['random'], 1):.1f} |")
-    with open(os.path.join(args.out, "ablations.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text_atomically(os.path.join(args.out, "ablations.md"),
+                          "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -285,6 +285,7 @@ def main(argv=None):
                 if s == split]
         written[split] = assemble(out_regions, partial, split, dirs, k)
     from keras_interbert.data.region_features import read_manifest
+    from keras_interbert.utils.atomic import write_json_atomically
 
     manifest = read_manifest(out_regions)
     if detector is not None:
@@ -310,8 +311,8 @@ def main(argv=None):
                   "detector": f"detector {args.detector}"}[args.boxes],
         "class_probs": probs_source,
     }
-    with open(os.path.join(out_regions, "extraction.json"), "w") as f:
-        json.dump(provenance, f, indent=2)
+    write_json_atomically(os.path.join(out_regions, "extraction.json"),
+                          provenance)
     kept = {i for s in splits for i in splits[s]} - {f["image_id"] for f in failed}
     captions_path = os.path.join(args.out, f"captions_{args.language}.jsonl")
     num_captions = write_captions(
@@ -320,8 +321,8 @@ def main(argv=None):
               "failed": failed, "missing": missing,
               "feature_dim": manifest["feature_dim"],
               "num_classes": manifest.get("num_classes")}
-    with open(os.path.join(args.out, "extraction_report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    write_json_atomically(os.path.join(args.out, "extraction_report.json"),
+                          report)
     shutil.rmtree(partial)
     print(json.dumps(report, indent=2))
     return 0

@@ -70,22 +70,26 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     if not args.out.endswith(".keras"):
         raise SystemExit(f"--out must end in '.keras'; received '{args.out}'.")
-    if args.source == "original":
-        from keras_interbert.convert.original import convert_original
+    from keras_interbert.utils.atomic import save_model_atomically
+    try:
+        if args.source == "original":
+            from keras_interbert.convert.original import convert_original
 
-        model = convert_original(args.config, args.weights)
-    else:
-        from keras_interbert.convert.bert import convert_bert
+            model = convert_original(args.config, args.weights)
+        else:
+            from keras_interbert.convert.bert import convert_bert
 
-        model = convert_bert(args.checkpoint, args.single_layers,
-                             image_config=_image_config(args))
+            model = convert_bert(args.checkpoint, args.single_layers,
+                                 image_config=_image_config(args))
+    except (ValueError, OSError) as e:
+        # Bad input: the message names the file and the problem.
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
-    # Write next to the target, then rename: a failed save never leaves a
-    # file that looks complete.
-    partial = args.out[: -len(".keras")] + ".partial.keras"
-    model.save(partial)
-    os.replace(partial, args.out)
+    # Written next to the target, then renamed: a failed save never leaves
+    # a file that looks complete.
+    save_model_atomically(model, args.out)
     summary = {
         "out": args.out,
         "backbone_parameters": model.backbone.count_params(),

@@ -11,7 +11,6 @@ Three sources are accepted: a Hugging Face BERT directory (`config.json` +
 (`bert_config.json` + `bert_model.ckpt.*`), and a keras-hub `BertBackbone`
 (an object, a `.keras` file or a local keras-hub preset directory).
 """
-import json
 import os
 import re
 
@@ -24,6 +23,7 @@ from keras_interbert.convert.checkpoint_io import assign_transformer_layer
 from keras_interbert.convert.checkpoint_io import load_state_dict
 from keras_interbert.convert.checkpoint_io import take_layer_norm
 from keras_interbert.convert.checkpoint_io import torch_layer_getter
+from keras_interbert.utils.atomic import read_json
 
 # Tensors of a BERT checkpoint InterBERT has no place for, on purpose.
 _UNUSED = (
@@ -90,9 +90,17 @@ def _config_from_hf(config):
     }
 
 
+def _read_config(path):
+    config = read_json(path, "BERT config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a BERT config must be a JSON object; it "
+                         f"holds a {type(config).__name__}.")
+    return config
+
+
 def _read_hf_directory(directory):
-    with open(os.path.join(directory, "config.json")) as f:
-        config = _config_from_hf(json.load(f))
+    config = _config_from_hf(_read_config(os.path.join(directory,
+                                                       "config.json")))
     for name in ("model.safetensors", "pytorch_model.bin"):
         path = os.path.join(directory, name)
         if os.path.exists(path):
@@ -106,8 +114,8 @@ def _read_hf_directory(directory):
 def _read_tf_checkpoint(directory):
     import tensorflow as tf
 
-    with open(os.path.join(directory, "bert_config.json")) as f:
-        config = _config_from_hf(json.load(f))
+    config = _config_from_hf(_read_config(os.path.join(directory,
+                                                       "bert_config.json")))
     prefix = os.path.join(directory, "bert_model.ckpt")
     state = {}
     for name, _ in tf.train.list_variables(prefix):
@@ -276,6 +284,24 @@ def _keras_hub_config(bert):
     }
 
 
+def _load_keras_file(path):
+    """A `.keras` file, with errors that name it and say what is wrong."""
+    import zipfile
+
+    import keras
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a .keras archive (a .keras file is a "
+                         "zip; this one is not, or it is truncated).")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:
+        raise ValueError(f"{path}: could not be loaded as a Keras model "
+                         f"({type(e).__name__}: {e}).") from e
+
+
 def convert_bert(source, single_stream_layers, image_config=None, dtype=None):
     """Builds an `InterBERTPretrainer` initialised from a BERT checkpoint.
 
@@ -306,9 +332,7 @@ def convert_bert(source, single_stream_layers, image_config=None, dtype=None):
             pretrainer = _build(bert_config, single_stream_layers, image_config, dtype)
             return _load_torch_named(pretrainer, state, label)
         if source.endswith(".keras"):
-            import keras
-
-            source = keras.saving.load_model(source, compile=False)
+            source = _load_keras_file(source)
         elif os.path.isdir(source):
             source = keras_hub.models.BertBackbone.from_preset(source)
         else:

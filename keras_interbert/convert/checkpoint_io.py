@@ -16,9 +16,18 @@ def load_state_dict(path):
     if lower.endswith(".safetensors"):
         from safetensors.numpy import load_file
 
-        tensors = load_file(path)
+        try:
+            tensors = load_file(path)
+        except Exception as e:  # safetensors' own error type
+            raise ValueError(f"Checkpoint '{path}' is not a readable "
+                             f".safetensors file ({e}).") from None
     elif lower.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as data:
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise ValueError(f"Checkpoint '{path}' is not a readable .npz "
+                             f"({e}).") from None
+        with data:
             prefixed = any(k.startswith("weights/") for k in data.files)
             tensors = {}
             for key in data.files:
@@ -30,9 +39,25 @@ def load_state_dict(path):
     elif lower.endswith((".bin", ".pt", ".pth")):
         import torch
 
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if "state_dict" in state and isinstance(state["state_dict"], dict):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle, zip and torch errors alike
+            raise ValueError(f"Checkpoint '{path}' cannot be read as a "
+                             f"PyTorch state dict ({type(e).__name__}: "
+                             f"{e}).") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"),
+                                                  dict):
             state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise ValueError(
+                f"Checkpoint '{path}' holds a {type(state).__name__}, not a "
+                "state dict ({name: tensor}).")
+        not_tensors = sorted(str(k) for k, v in state.items()
+                             if not isinstance(v, torch.Tensor))
+        if not_tensors:
+            raise ValueError(
+                f"Checkpoint '{path}': the entries {not_tensors[:5]} are not "
+                "tensors; expected a state dict ({name: tensor}).")
         tensors = {k: v.detach().float().numpy() for k, v in state.items()}
     else:
         raise ValueError(
@@ -44,7 +69,17 @@ def load_state_dict(path):
     # Strip a `module.` prefix left by DataParallel/DistributedDataParallel.
     if all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
-    return {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+    tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+    # A NaN or infinite weight makes every output NaN; refuse it here, where
+    # the file and the tensor can be named.
+    bad = sorted(k for k, v in tensors.items() if not np.isfinite(v).all())
+    if bad:
+        count = int(sum((~np.isfinite(tensors[k])).sum() for k in bad))
+        raise ValueError(
+            f"Checkpoint '{path}' holds {count} NaN or infinite values, in "
+            f"the tensors {bad[:5]}{' ...' if len(bad) > 5 else ''}; the "
+            "checkpoint is damaged.")
+    return tensors
 
 
 class WeightAssigner:

@@ -1,5 +1,4 @@
 """The authors' InterBERT checkpoints (`InterBertForMultiModalPreTraining`)."""
-import json
 import re
 
 import numpy as np
@@ -10,6 +9,7 @@ from keras_interbert.convert.checkpoint_io import assign_layer_norm
 from keras_interbert.convert.checkpoint_io import assign_transformer_layer
 from keras_interbert.convert.checkpoint_io import load_state_dict
 from keras_interbert.convert.checkpoint_io import torch_layer_getter
+from keras_interbert.utils.atomic import read_json
 
 # Original config key -> InterBERTBackbone argument.
 _CONFIG_KEYS = {
@@ -172,8 +172,10 @@ def convert_original(config, weights, dtype=None):
 
     label = "original checkpoint"
     if isinstance(config, str):
-        with open(config) as f:
-            config = json.load(f)
+        path, config = config, read_json(config, "original config")
+        if not isinstance(config, dict):
+            raise ValueError(f"{path}: the original config must be a JSON "
+                             f"object; it holds a {type(config).__name__}.")
     if isinstance(weights, str):
         label = f"original checkpoint '{weights}'"
         weights = load_state_dict(weights)

@@ -41,6 +41,7 @@ from keras_interbert.data.errors import PolicyHandler
 from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.errors import check_policy
 from keras_interbert.data.region_features import RegionFeatureWriter
+from keras_interbert.utils.atomic import write_json_atomically
 
 LXMERT_FIELDS = (
     "img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id",
@@ -265,6 +266,15 @@ def _run(records, output_dir, split, examples_per_shard, feature_dim,
                 handler.handle(item)
             else:
                 writer.write(source=source, **item)
+        if writer.num_written == 0:
+            # An empty split (a TSV with only its header, every record
+            # skipped) would enter the manifest without a feature width.
+            skipped = (f"; all {report.num_skipped} records were bad"
+                       if report.num_skipped else "")
+            raise RegionDataError(
+                f"no images to convert{skipped}; split {split!r} was not "
+                "written.", ", ".join(os.fspath(p) for p in inputs),
+                kind="no_images")
     shards = writer.close()
     result = {
         "source_format": source_format,
@@ -696,6 +706,16 @@ def _build_parser():
 def main(argv=None):
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if args.report:
+        # Checked before any work: a report that cannot be written must not
+        # fail after the data was converted.
+        folder = os.path.dirname(os.path.abspath(args.report))
+        if not os.path.isdir(folder):
+            parser.error(f"--report {args.report}: the folder {folder} does "
+                         "not exist.")
+        if os.path.isdir(args.report):
+            parser.error(f"--report {args.report} is a folder; give a file "
+                         "name.")
     kwargs = dict(
         split=args.split, feature_dim=args.feature_dim,
         num_classes=args.num_classes, policy=args.on_error,
@@ -724,9 +744,7 @@ def main(argv=None):
                   "bad records out and list them.", file=sys.stderr)
         return 1
     if args.report:
-        with open(args.report, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+        write_json_atomically(args.report, result, ensure_ascii=False)
     shown = dict(result)
     if len(shown["skipped"]) > 20:
         shown["skipped"] = shown["skipped"][:20] + [

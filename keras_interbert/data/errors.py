@@ -6,7 +6,6 @@ caller's *policy*: `"raise"` (the default) raises it; `"skip"` drops the record
 and adds the error to an `ErrorReport`, which lists what was skipped and why.
 """
 
-import json
 import warnings
 from collections import Counter
 
@@ -97,11 +96,11 @@ class ErrorReport:
 
     def write_json(self, path, **extra):
         """Write `to_dict()` (plus `extra` keys) to `path` as UTF-8 JSON."""
+        from keras_interbert.utils.atomic import write_json_atomically
+
         data = dict(extra)
         data.update(self.to_dict())
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+        write_json_atomically(path, data, ensure_ascii=False)
 
 
 def check_policy(policy):

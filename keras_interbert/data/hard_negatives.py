@@ -105,12 +105,13 @@ class HardNegativePool:
                     **self.metadata, "k": self.k}
         scores = (self.scores if self.scores is not None
                   else np.full(self.neighbours.shape, np.nan, np.float32))
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, image_ids=np.array(self.image_ids, dtype=str),
-                 neighbours=self.neighbours.astype(np.int32),
-                 scores=scores.astype(np.float32),
-                 metadata=np.array(json.dumps(metadata)))
-        os.replace(tmp, path)
+        from keras_interbert.utils.atomic import atomic_path
+
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, image_ids=np.array(self.image_ids, dtype=str),
+                     neighbours=self.neighbours.astype(np.int32),
+                     scores=scores.astype(np.float32),
+                     metadata=np.array(json.dumps(metadata)))
         return path
 
     @classmethod

@@ -12,6 +12,7 @@ model itself only sees the arrays it produces.
 import glob
 import json
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +21,10 @@ from keras_interbert.data.errors import ErrorReport
 from keras_interbert.data.errors import PolicyHandler
 from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.errors import check_policy
+from keras_interbert.utils.atomic import atomic_path
+from keras_interbert.utils.atomic import fsync_path
+from keras_interbert.utils.atomic import write_json_atomically
+from keras_interbert.utils.paths import check_plain_name
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "keras_interbert.region_features"
@@ -332,11 +337,36 @@ def _manifest_binding(manifest, split):
 
 
 def _write_json_atomic(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json_atomically(path, data, ensure_ascii=False)
+
+
+def manifest_shard_names(manifest, split, directory):
+    """The shard file names the manifest of `directory` lists for `split`.
+
+    Each must be a plain file name in `directory` (no `..`, no separator,
+    not absolute), so that neither a reader nor an overwrite can reach a
+    file outside the folder; a manifest that lists another one raises a
+    `RegionDataError` naming the manifest. `None` if `split` is not listed.
+    """
+    listed = ((manifest or {}).get("splits") or {}).get(split)
+    if listed is None:
+        return None
+    path = os.path.join(directory, MANIFEST_NAME)
+    shards = listed.get("shards") if isinstance(listed, dict) else None
+    if not isinstance(shards, list) or not all(
+            isinstance(s, dict) and "path" in s for s in shards):
+        raise RegionDataError(
+            f"split {split!r} has no list of shards with paths.", path,
+            kind="bad_manifest")
+    names = []
+    for shard in shards:
+        try:
+            names.append(check_plain_name(shard["path"], "shard path"))
+        except ValueError as e:
+            raise RegionDataError(
+                f"split {split!r}: {e} Shard paths are file names inside the "
+                "manifest's folder.", path, kind="bad_manifest") from None
+    return names
 
 
 class RegionFeatureWriter:
@@ -435,17 +465,20 @@ class RegionFeatureWriter:
         self.feature_dim = feature_dim
         self.num_classes = num_classes
 
-        existing = sorted(glob.glob(
-            os.path.join(glob.escape(self.directory), f"{split}-*.tfrecord")
-        ))
-        listed = (self._manifest or {}).get("splits", {}).get(split)
-        if (existing or listed) and not overwrite:
+        # This split's shards are exactly those its manifest entry lists
+        # (`train-*.tfrecord` would also match `train-extra`'s), plus any
+        # unlisted file with one of the names this writer would use.
+        listed = manifest_shard_names(self._manifest, split, self.directory)
+        own_name = re.compile(rf"^{re.escape(split)}-\d{{5}}\.tfrecord$")
+        unlisted = sorted(n for n in os.listdir(self.directory)
+                          if own_name.match(n) and n not in (listed or ()))
+        if (listed is not None or unlisted) and not overwrite:
             raise FileExistsError(
                 f"{self.directory} already holds split {split!r} "
-                f"({len(existing)} shard files); pass overwrite=True to "
-                "replace it."
+                f"({len(listed or ()) + len(unlisted)} shard files); pass "
+                "overwrite=True to replace it."
             )
-        self._stale = existing
+        self._stale = [os.path.join(self.directory, n) for n in listed or ()]
 
         self._shards = []  # finished: dicts with path/num_examples/num_boxes
         self._writer = None
@@ -575,6 +608,8 @@ class RegionFeatureWriter:
                     os.path.join(self.directory, MANIFEST_NAME),
                     kind="feature_dim",
                 )
+        for shard in self._shards:  # on the disk before they count
+            fsync_path(os.path.join(self.directory, shard["path"] + ".tmp"))
         for shard in self._shards:
             final = os.path.join(self.directory, shard["path"])
             os.replace(final + ".tmp", final)
@@ -682,8 +717,7 @@ def write_captions(path, records, policy="raise", report=None):
     """
     handler = PolicyHandler(policy, report, what="captions")
     count = 0
-    tmp = str(path) + ".tmp"
-    try:
+    with atomic_path(path, suffix=".tmp") as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             for index, obj in enumerate(records):
                 try:
@@ -693,11 +727,6 @@ def write_captions(path, records, policy="raise", report=None):
                     continue
                 f.write(json.dumps(obj, ensure_ascii=False) + "\n")
                 count += 1
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    os.replace(tmp, path)
     handler.finish()
     return count
 
@@ -821,8 +850,8 @@ def _resolve_files(file_pattern_or_paths, split):
                 raise ValueError(
                     f"{item} has no split {chosen!r}; it has {sorted(splits)}."
                 )
-            paths.extend(os.path.join(item, s["path"])
-                         for s in splits[chosen]["shards"])
+            paths.extend(os.path.join(item, name) for name in
+                         manifest_shard_names(manifest, chosen, item))
         elif glob.has_magic(item):
             matched = sorted(glob.glob(item))
             if not matched:

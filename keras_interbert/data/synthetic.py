@@ -866,6 +866,10 @@ def write_dataset(out_dir, num_images=2000, seed=0,
                                    overwrite=overwrite)
         for split in SPLITS if split in splits
     }
+    # metadata.json marks a finished data set: an overwrite in progress is
+    # not one.
+    if os.path.exists(os.path.join(out_dir, "metadata.json")):
+        os.remove(os.path.join(out_dir, "metadata.json"))
     captions = {language: [] for language in languages}
     bar = None
     if progress:
@@ -933,8 +937,11 @@ def write_dataset(out_dir, num_images=2000, seed=0,
         "shards": shards,
         "seconds": round(time.time() - start, 3),
     }
-    with open(os.path.join(out_dir, "metadata.json"), "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=2, ensure_ascii=False)
+    # Written last and atomically: its presence means a complete data set.
+    from keras_interbert.utils.atomic import write_json_atomically
+
+    write_json_atomically(os.path.join(out_dir, "metadata.json"), metadata,
+                          ensure_ascii=False)
     return metadata
 
 

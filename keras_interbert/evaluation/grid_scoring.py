@@ -27,8 +27,12 @@ import hashlib
 import json
 import os
 import time
+import zipfile
 
 import numpy as np
+
+from keras_interbert.utils.atomic import atomic_path
+from keras_interbert.utils.atomic import read_json
 
 STATUS_COMPLETE = "complete"
 STATUS_PARTIAL = "partial"
@@ -79,16 +83,85 @@ def _check_fingerprint(found, expected, path):
 
 
 def _write_atomically(path, write):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with atomic_path(path, suffix=".tmp") as tmp:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+
+def _delete_hint(*paths):
+    return (f"Delete {' and '.join(paths)} to score again from the start "
+            "(or choose another scores path).")
+
+
+def _read_state(state_path, data_path, fingerprint, num_pairs):
+    """The progress of a partial score file, checked before it is trusted."""
+    hint = _delete_hint(state_path, data_path)
+    try:
+        state = read_json(state_path, "score progress file")
+    except ValueError as e:
+        raise ScoreFileError(f"{e} {hint}") from None
+    if not isinstance(state, dict) or not isinstance(
+            state.get("fingerprint"), dict):
+        raise ScoreFileError(f"{state_path}: not a score progress file (no "
+                             f"fingerprint). {hint}")
+    _check_fingerprint(state["fingerprint"], fingerprint, state_path)
+    next_pair, seconds = state.get("next_pair"), state.get("seconds", 0.0)
+    if isinstance(next_pair, bool) or not isinstance(next_pair, int) or not (
+            0 <= next_pair <= num_pairs):
+        raise ScoreFileError(
+            f"{state_path}: next_pair {next_pair!r} is not a pair count "
+            f"between 0 and {num_pairs}. {hint}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+            or not np.isfinite(seconds) or seconds < 0:
+        raise ScoreFileError(f"{state_path}: seconds {seconds!r} is not a "
+                             f"duration. {hint}")
+    return next_pair, float(seconds)
+
+
+def _open_partial_scores(data_path, state_path, next_pair, num_pairs):
+    """The partial scores, checked: shape, dtype, finite where scored."""
+    hint = _delete_hint(state_path, data_path)
+    try:
+        values = np.lib.format.open_memmap(data_path, mode="r+")
+    except (OSError, ValueError) as e:
+        raise ScoreFileError(f"{data_path}: not a readable score array "
+                             f"({e}). {hint}") from None
+    if values.shape != (num_pairs,) or values.dtype != np.float32:
+        raise ScoreFileError(
+            f"{data_path}: holds {values.dtype} scores of shape "
+            f"{values.shape}; expected float32 ({num_pairs},). {hint}")
+    bad = np.flatnonzero(~np.isfinite(values[:next_pair]))
+    if bad.size:
+        raise ScoreFileError(
+            f"{data_path}: {bad.size} of the {next_pair} scored pairs are NaN "
+            f"or infinite (first: pair {bad[0]}); the file is damaged. {hint}")
+    return values
+
+
+def _check_scores(path, result, fingerprint):
+    """A finished file's arrays agree with each other and are finite."""
+    scores = result["scores"]
+    expected = (fingerprint.get("num_captions"), fingerprint.get("num_images"))
+    problem = None
+    if scores.ndim != 2 or tuple(scores.shape) != expected:
+        problem = (f"scores have shape {scores.shape}; its fingerprint says "
+                   f"{expected}")
+    elif not np.issubdtype(scores.dtype, np.floating):
+        problem = f"scores are {scores.dtype}, not floating point"
+    elif not np.isfinite(scores).all():
+        problem = (f"{int((~np.isfinite(scores)).sum())} scores are NaN or "
+                   "infinite")
+    elif len(result["caption_image_index"]) != scores.shape[0] or len(
+            result["image_ids"]) != scores.shape[1]:
+        problem = ("caption_image_index or image_ids do not match the score "
+                   "matrix")
+    elif not np.isfinite(result["seconds"]):
+        problem = "seconds is not finite"
+    if problem:
+        raise ScoreFileError(f"{path}: {problem}; the file is damaged. "
+                             f"{_delete_hint(path)}")
 
 
 def _write_state(path, state):
@@ -128,21 +201,33 @@ def load_scores(path, fingerprint=None):
                 f"exist ({partial_paths(path)[1]}). Run the scoring again "
                 "with the same settings to finish it.")
         raise FileNotFoundError(path)
-    with np.load(path, allow_pickle=False) as data:
-        status = str(data["status"]) if "status" in data.files else None
-        if status != STATUS_COMPLETE:
-            raise ScoreFileError(f"{path}: status {status!r}; only a "
-                                 f"{STATUS_COMPLETE!r} score file is a result.")
-        found = json.loads(str(data["fingerprint"]))
-        result = {
-            "scores": data["scores"],
-            "caption_image_index": data["caption_image_index"],
-            "image_ids": [str(i) for i in data["image_ids"]],
-            "fingerprint": found,
-            "seconds": float(data["seconds"]),
-        }
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            status = str(data["status"]) if "status" in data.files else None
+            if status != STATUS_COMPLETE:
+                raise ScoreFileError(
+                    f"{path}: status {status!r}; only a {STATUS_COMPLETE!r} "
+                    "score file is a result.")
+            found = json.loads(str(data["fingerprint"]))
+            result = {
+                "scores": data["scores"],
+                "caption_image_index": data["caption_image_index"],
+                "image_ids": [str(i) for i in data["image_ids"]],
+                "fingerprint": found,
+                "seconds": float(data["seconds"]),
+            }
+    except ScoreFileError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, EOFError,
+            zipfile.BadZipFile) as e:
+        raise ScoreFileError(
+            f"{path}: not a readable score file ({type(e).__name__}: {e}). "
+            f"{_delete_hint(path)}") from None
+    if not isinstance(found, dict):
+        raise ScoreFileError(f"{path}: no fingerprint. {_delete_hint(path)}")
     if fingerprint is not None:
         _check_fingerprint(found, fingerprint, path)
+    _check_scores(path, result, found)
     return result
 
 
@@ -186,17 +271,11 @@ def score_grid(scorer, evaluation_set, batch_size=1000, path=None,
                     "resumed_from": num_pairs, "seconds": done["seconds"]}
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         data_path, state_path = partial_paths(path)
-        state = None
         if os.path.exists(state_path) and os.path.exists(data_path):
-            with open(state_path, encoding="utf-8") as f:
-                state = json.load(f)
-            _check_fingerprint(state["fingerprint"], fingerprint, state_path)
-        if state is not None:
-            values = np.lib.format.open_memmap(data_path, mode="r+")
-            if values.shape != (num_pairs,):
-                raise ScoreFileError(f"{data_path}: holds {values.shape} "
-                                     f"scores; expected ({num_pairs},).")
-            start, seconds = int(state["next_pair"]), float(state["seconds"])
+            start, seconds = _read_state(state_path, data_path, fingerprint,
+                                         num_pairs)
+            values = _open_partial_scores(data_path, state_path, start,
+                                          num_pairs)
         else:
             values = np.lib.format.open_memmap(
                 data_path, mode="w+", dtype=np.float32, shape=(num_pairs,))
@@ -237,6 +316,12 @@ def score_grid(scorer, evaluation_set, batch_size=1000, path=None,
                     raise RuntimeError(f"grid batch starts at pair {first}; "
                                        f"expected {next_pair}.")
                 scores = padded_call(scorer, x, min(batch_size, num_pairs))
+                if not np.isfinite(scores).all():
+                    raise FloatingPointError(
+                        f"the model gave NaN or infinite scores for pairs "
+                        f"{next_pair} to {next_pair + len(scores) - 1}; "
+                        "nothing of this batch was kept (check the model's "
+                        "weights and the inputs).")
                 values[next_pair:next_pair + len(scores)] = scores
                 next_pair += len(scores)
                 batches += 1

@@ -224,6 +224,8 @@ def plot_recall_curves(report, path, title="retrieval"):
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from keras_interbert.utils.atomic import save_figure_atomically
+
+    save_figure_atomically(fig, path, dpi=110)
     plt.close(fig)
     return path

@@ -57,6 +57,15 @@ def parse_args(argv=None):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    from keras_interbert.utils.paths import check_plain_name
+
+    try:  # the name is a folder under --output-dir, and must stay there
+        check_plain_name(args.name, "--name")
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    if args.version is not None and args.version < 1:
+        raise SystemExit(f"error: --version must be >= 1; received "
+                         f"{args.version}.")
     import keras
 
     if keras.config.backend() != "tensorflow":

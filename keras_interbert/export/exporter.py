@@ -1,7 +1,5 @@
 """Writes an InterBERT task as a SavedModel for TensorFlow Serving."""
-import json
 import os
-import shutil
 import tempfile
 
 import keras
@@ -32,6 +30,8 @@ from keras_interbert.models.loading import check_vocabulary
 from keras_interbert.models.loading import resolve_source
 from keras_interbert.preprocessing import InterBERTTextPacker
 from keras_interbert.preprocessing import InterBERTTokenizer
+from keras_interbert.utils.atomic import atomic_directory
+from keras_interbert.utils.atomic import write_json_atomically
 
 METADATA_FILE = os.path.join("assets.extra", "interbert_export.json")
 VOCABULARY_FILE = "vocabulary.txt"
@@ -134,7 +134,11 @@ def export_for_serving(model, export_dir, options=None, model_name=None,
         options: an `ExportOptions`.
         model_name: the name TensorFlow Serving serves the model under (in
             the warmup requests); defaults to the parent directory's name.
-        overwrite: replace an existing `export_dir`.
+        overwrite: replace an existing `export_dir`. Either way the new
+            version is written to a hidden folder next to `export_dir` and
+            renamed into place when complete (warmup included): a failed or
+            killed export leaves the old version, or nothing, never a
+            partial one.
         image_extractor: optional `RegionFeatureExtractor` (or a `.keras`
             path to one), for a matching model only: adds the `score_image`
             signature (encoded image and caption in; decoding, resizing,
@@ -151,6 +155,11 @@ def export_for_serving(model, export_dir, options=None, model_name=None,
             f"now is {keras.config.backend()!r}); a .keras file saved under "
             "JAX or PyTorch loads under TensorFlow. `python -m "
             "keras_interbert.export` switches the backend itself.")
+    export_dir = os.fspath(export_dir)
+    if os.path.exists(export_dir) and not overwrite:
+        raise FileExistsError(
+            f"{export_dir} exists; pass overwrite=True (--overwrite) or "
+            "export a new version.")
     source = model if isinstance(model, (str, os.PathLike)) else None
     model, _ = resolve_source(model)
     task = serving_task(model)
@@ -174,17 +183,21 @@ def export_for_serving(model, export_dir, options=None, model_name=None,
         signatures.update(score_image_signature(
             signatures["score"][0], image_extractor, grid_levels))
 
-    export_dir = os.fspath(export_dir)
-    if os.path.exists(export_dir):
-        if not overwrite:
-            raise FileExistsError(
-                f"{export_dir} exists; pass overwrite=True (--overwrite) or "
-                "export a new version.")
-        shutil.rmtree(export_dir)
     if model_name is None:
         model_name = os.path.basename(os.path.dirname(
             os.path.abspath(export_dir))) or "interbert"
+    # The version is built in a hidden folder next to it (a name a model
+    # server never loads) and takes its place only when complete, warmup
+    # included; an old version with the same number is deleted only then.
+    with atomic_directory(export_dir, overwrite=overwrite) as staging:
+        return _write_export(staging, model, source, task, options, backbone,
+                             tokenizer, signatures, image_extractor,
+                             grid_levels, model_name)
 
+
+def _write_export(export_dir, model, source, task, options, backbone,
+                  tokenizer, signatures, image_extractor, grid_levels,
+                  model_name):
     archive = keras.export.ExportArchive()
     archive.track(model)
     if image_extractor is not None:
@@ -248,8 +261,7 @@ def export_for_serving(model, export_dir, options=None, model_name=None,
         }
     path = os.path.join(export_dir, METADATA_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=2)
+    write_json_atomically(path, metadata)
     if options.warmup:
         # score_image's requests carry encoded images: written apart.
         write_warmup_requests(export_dir, model_name, dict(

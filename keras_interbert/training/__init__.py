@@ -8,3 +8,6 @@ from keras_interbert.training.strategies import make_strategy
 from keras_interbert.training.finetuning import WarmupConstantStepDecay
 from keras_interbert.training.finetuning import finetuning_optimizer
 from keras_interbert.training.run_outputs import save_model_atomically
+from keras_interbert.training.run_outputs import AtomicModelCheckpoint
+from keras_interbert.training.run_outputs import HistoryCSVLogger
+from keras_interbert.training.run_outputs import read_history_csv

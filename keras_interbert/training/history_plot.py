@@ -38,6 +38,8 @@ def plot_history(history, path, title="training"):
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from keras_interbert.utils.atomic import save_figure_atomically
+
+    save_figure_atomically(fig, path, dpi=110)
     plt.close(fig)
     return path
