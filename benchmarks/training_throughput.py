@@ -117,6 +117,7 @@ def worker(args):
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
     timer = Timer()
     model.fit(ds, steps_per_epoch=args.warmup + steps, epochs=1, verbose=0,
+              shuffle=False,
               callbacks=[timer])
     times = np.diff(np.array(timer.times[args.warmup - 1:]))
     step = float(np.median(times))

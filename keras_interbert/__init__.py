@@ -1,4 +1,8 @@
 """keras-interbert: InterBERT as a Keras 3 multi-backend implementation."""
+from keras_interbert.utils.quiet import quiet_startup
+
+quiet_startup()  # before TensorFlow loads (keras_interbert/utils/quiet.py)
+
 from keras_interbert.layers import ImageTextMatchingHead
 from keras_interbert.layers import InterBERTTransformerLayer
 from keras_interbert.layers import MaskedRegionHead

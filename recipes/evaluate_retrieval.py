@@ -68,6 +68,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import keras_interbert  # noqa: F401  (first: a quiet TensorFlow start-up)
     import keras
 
     from keras_interbert.data.retrieval_pipeline import RetrievalEvaluationSet

@@ -92,6 +92,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import keras_interbert  # noqa: F401  (first: a quiet TensorFlow start-up)
     import keras
 
     keras.utils.set_random_seed(args.seed)
@@ -161,7 +162,8 @@ def main(argv=None):
           f"({4 * args.batch_size} pairs).")
     start = time.time()
     history = retriever.fit(train, epochs=args.epochs, steps_per_epoch=steps,
-                            callbacks=callbacks, verbose=args.verbose)
+                            callbacks=callbacks, verbose=args.verbose,
+                            shuffle=False)
     train_seconds = time.time() - start
     final = save_model_atomically(retriever, os.path.join(args.out,
                                                           "finetuned.keras"))

@@ -46,6 +46,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import keras_interbert  # noqa: F401  (first: a quiet TensorFlow start-up)
     import keras
     import numpy as np
 
@@ -86,6 +87,7 @@ def main(argv=None):
         validation_data=text_classification_dataset(dev, tokenizer,
                                                     config(False)),
         epochs=args.epochs, steps_per_epoch=steps, verbose=args.verbose,
+        shuffle=False,
         callbacks=[keras.callbacks.CSVLogger(os.path.join(args.out,
                                                           "history.csv"))])
     seconds = time.time() - start

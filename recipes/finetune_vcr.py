@@ -63,6 +63,7 @@ def alternate(first, second):
 
 def main(argv=None):
     args = parse_args(argv)
+    import keras_interbert  # noqa: F401  (first: a quiet TensorFlow start-up)
     import keras
 
     keras.utils.set_random_seed(args.seed)
@@ -123,7 +124,7 @@ def main(argv=None):
     start = time.time()
     history = model.fit(alternate(q_a, qa_r), epochs=args.epochs,
                         steps_per_epoch=steps, callbacks=callbacks,
-                        verbose=args.verbose)
+                        verbose=args.verbose, shuffle=False)
     seconds = time.time() - start
     final = save_model_atomically(model, os.path.join(args.out,
                                                       "finetuned.keras"))

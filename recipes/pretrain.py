@@ -191,6 +191,7 @@ def build_model(args, feature_dim, num_classes):
 
 def main(argv=None):
     args = parse_args(argv)
+    import keras_interbert  # noqa: F401  (first: a quiet TensorFlow start-up)
     import keras
 
     keras.utils.set_random_seed(args.seed)
@@ -279,7 +280,7 @@ def main(argv=None):
     start = time.time()
     model.fit(train, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
               validation_data=val, validation_steps=args.validation_steps,
-              callbacks=callbacks, verbose=args.verbose)
+              callbacks=callbacks, verbose=args.verbose, shuffle=False)
     elapsed = time.time() - start
     final = save_model_atomically(model, os.path.join(args.out,
                                                       "pretrained.keras"))

@@ -148,6 +148,7 @@ def score_one_request(export_dir, data, language, max_regions):
 def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, HERE)
+    import keras_interbert  # noqa: F401  (first: a quiet TensorFlow start-up)
     import keras
 
     suffix = "" if args.language == "en" else f"_{args.language}"

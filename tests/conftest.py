@@ -1,5 +1,6 @@
 import os
 
+import keras_interbert  # noqa: F401  (first: a quiet TensorFlow start-up)
 import keras
 import numpy as np
 import pytest
