@@ -1,5 +1,8 @@
 # keras-interbert: `make quickstart` (the main job) and `make test` (the suite
 # under the TensorFlow, JAX and PyTorch backends). Both create .venv if needed.
+# `make install` installs the package alone (what the quickstart and the
+# recipes need); `make install-test` adds the test extras (JAX, PyTorch,
+# transformers and the reference packages), which every test target uses.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,25 +10,31 @@ BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
 QUICKSTART_ARGS ?=
 
-.PHONY: install test test-serial test-long test-tensorflow test-jax test-torch quickstart benchmark clean
+.PHONY: install install-test test test-serial test-long test-tensorflow test-jax test-torch quickstart benchmark clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 
-# Reinstalls whenever pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Each stamp is redone whenever pyproject.toml changes.
+$(VENV)/.installed-main: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-main
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-main
+
+install-test: $(VENV)/.installed-test
 
 # The three backends run at the same time (each in its own pytest process,
 # with its own temporary folder and log); the logs are printed in order when
 # all have finished. Much of the suite waits on single-threaded work (imports,
 # subprocesses, compilation), which overlaps well even on two cores (see
 # docs/benchmarks.md). `make test-serial` runs them one after the other.
-test: install
+test: install-test
 	@rm -rf .test-runs; mkdir -p .test-runs; \
 	for backend in $(BACKENDS); do \
 	  ( KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -p no:cacheprovider --durations=12 \
@@ -40,7 +49,7 @@ test: install
 	  echo "KERAS_BACKEND=$$backend: $$(tail -n 1 .test-runs/$$backend.log)"; \
 	done; exit $$status
 
-test-serial: install
+test-serial: install-test
 	@status=0; for backend in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$backend"; \
 	  KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) || status=1; \
@@ -49,20 +58,20 @@ test-serial: install
 # The long learning run that `make test` keeps to TensorFlow (ITM from
 # scratch, tests/test_pretraining_learning.py), under JAX and PyTorch, with
 # the rest of that file (about 15 minutes on two cores).
-test-long: install
+test-long: install-test
 	@status=0; for backend in jax torch; do \
 	  echo "=== KERAS_BACKEND=$$backend (INTERBERT_LONG_TESTS=1)"; \
 	  INTERBERT_LONG_TESTS=1 KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -s -p no:cacheprovider \
 	    tests/test_pretraining_learning.py $(PYTEST_ARGS) || status=1; \
 	done; exit $$status
 
-test-%: install
+test-%: install-test
 	KERAS_BACKEND=$* $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 quickstart: install
 	KERAS_BACKEND=tensorflow $(BIN)/python recipes/quickstart.py $(QUICKSTART_ARGS)
 
-benchmark: install
+benchmark: install-test
 	$(BIN)/python benchmarks/training_throughput.py --configs tiny small published
 
 clean:
