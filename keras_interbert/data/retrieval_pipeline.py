@@ -41,8 +41,7 @@ from keras_interbert.data.region_features import region_dataset
 from keras_interbert.data.region_features import region_files
 from keras_interbert.data.region_features import region_locations
 from keras_interbert.preprocessing import InterBERTTextPacker
-
-GLOBAL_LOCATION = (0.0, 0.0, 1.0, 1.0, 1.0)
+from keras_interbert.preprocessing.region_packer import GLOBAL_LOCATION
 
 
 class RegionTable:

@@ -15,10 +15,7 @@ through to ops that were specialised for the declared shape.
 """
 import tensorflow as tf
 
-from keras_interbert.data.region_features import region_locations
-
-# Location of the global image slot: the whole image.
-GLOBAL_LOCATION = (0.0, 0.0, 1.0, 1.0, 1.0)
+from keras_interbert.preprocessing.region_packer import InterBERTRegionPacker
 
 
 class InputChecks:
@@ -150,50 +147,17 @@ def checked_image_inputs(checks, inputs, feature_dim, batch_size):
 def serving_regions(inputs, max_regions):
     """The backbone's region inputs from checked serving inputs (batched).
 
-    Slot 0 is the global image slot: the mean of the `num_regions` real
-    regions' features (all of them, before truncation: the finetuning rule of
-    `to_backbone_regions`; zeros for an image without regions), location
-    `[0, 0, 1, 1, 1]`, mask 1. Slots `1..max_regions` hold the **first**
-    `max_regions` real regions (files and detectors list them most
-    confident first), then zero padding with mask 0.
+    The layout of every path into the model, `InterBERTRegionPacker`
+    (keras_interbert/preprocessing/region_packer.py): slot 0 the global
+    image slot (mean of the `num_regions` real regions' features, location
+    `[0, 0, 1, 1, 1]`, mask 1), then the first `max_regions` real regions,
+    then zero padding with mask 0.
 
     Returns:
         `region_features` `[B, max_regions + 1, D]`, `region_locations`
         `[B, max_regions + 1, 5]` and `region_mask` `[B, max_regions + 1]`
         int32.
     """
-    features = inputs["region_features"]
-    num = inputs["num_regions"]
-    given = tf.shape(features)[1]
-    real = tf.sequence_mask(num, given)[..., None]
-    # `where`, not a product: padding rows may hold NaN.
-    features = tf.where(real, features, 0.0)
-    boxes = tf.where(real, inputs["region_boxes"], 0.0)
-    count = tf.cast(tf.maximum(num, 1), tf.float32)[:, None]
-    global_feature = tf.reduce_sum(features, axis=1) / count
-    size = tf.cast(inputs["image_size"], tf.float32)
-    locations = region_locations(boxes, size[:, 0:1], size[:, 1:2])
-
-    kept = tf.sequence_mask(tf.minimum(num, max_regions), max_regions)
-
-    def to_slots(values):
-        values = values[:, :max_regions]
-        pad = max_regions - tf.shape(values)[1]
-        values = tf.pad(values, [[0, 0], [0, pad], [0, 0]])
-        return tf.where(kept[..., None], values, 0.0)
-
-    batch = tf.shape(features)[0]
-    first_location = tf.tile(tf.constant([GLOBAL_LOCATION]), [batch, 1])
-    slots = max_regions + 1
-    feature_dim = features.shape[-1]
-    return {
-        "region_features": tf.ensure_shape(tf.concat(
-            [global_feature[:, None], to_slots(features)], axis=1),
-            [None, slots, feature_dim]),
-        "region_locations": tf.ensure_shape(tf.concat(
-            [first_location[:, None], to_slots(locations)], axis=1),
-            [None, slots, 5]),
-        "region_mask": tf.ensure_shape(tf.concat(
-            [tf.ones([batch, 1], tf.int32), tf.cast(kept, tf.int32)], axis=1),
-            [None, slots]),
-    }
+    packer = InterBERTRegionPacker(max_regions)
+    return packer(inputs["region_features"], inputs["region_boxes"],
+                  inputs["image_size"], inputs["num_regions"])

@@ -3,6 +3,15 @@ import keras
 from keras_interbert.models.input_checks import check_backbone_inputs
 
 
+def tf_data_types():
+    """`(tf.data.Dataset,)`, or `()` where TensorFlow is not installed."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return ()
+    return (tf.data.Dataset,)
+
+
 class FunctionalBase(keras.Model):
     """Shared base of the project's functional models.
 
@@ -53,6 +62,111 @@ class BackboneTask(FunctionalBase):
     def _task_config(self):
         return {}
 
+    # === Preprocessor (keras-hub's Task contract) ===
+    def _set_preprocessor(self, preprocessor):
+        """Keeps `preprocessor` (or `None`) after checking its vocabulary.
+
+        Called by subclasses after the functional model is built. A
+        preprocessor's tokenizer must give ids the backbone's embedding
+        table has: a vocabulary of another size is refused here, naming
+        both sizes, rather than failing (or silently reading wrong rows)
+        later.
+        """
+        if isinstance(preprocessor, dict):
+            preprocessor = keras.layers.deserialize(preprocessor)
+        if preprocessor is not None:
+            names = getattr(preprocessor, "raw_input_names", None)
+            if not callable(preprocessor) or names is None:
+                raise ValueError(
+                    f"{type(self).__name__}: `preprocessor` must be one of "
+                    "keras_interbert's preprocessors; received "
+                    f"{type(preprocessor).__name__}.")
+        self.preprocessor = preprocessor
+        # A tokenizer loaded from a `.keras` file gets its vocabulary (an
+        # asset) after construction: then the check waits for first use.
+        self._preprocessor_checked = False
+        if preprocessor is not None and (
+                preprocessor.tokenizer.vocabulary is not None):
+            self._check_preprocessor()
+
+    def _check_preprocessor(self):
+        if self._preprocessor_checked:
+            return
+        size = self.preprocessor.vocabulary_size
+        expected = self.backbone.vocabulary_size
+        if size != expected:
+            raise ValueError(
+                f"{type(self).__name__}: the preprocessor's vocabulary has "
+                f"{size} word pieces, the backbone's embedding table "
+                f"{expected}; they must be the same vocabulary.")
+        self._preprocessor_checked = True
+
+    def _is_raw(self, x):
+        names = getattr(getattr(self, "preprocessor", None),
+                        "raw_input_names", ())
+        if isinstance(x, tf_data_types()):
+            spec = x.element_spec
+            spec = spec[0] if isinstance(spec, tuple) else spec
+            return isinstance(spec, dict) and names and names[0] in spec
+        return isinstance(x, dict) and bool(names) and names[0] in x
+
+    def _preprocessed(self, x, y=None, sample_weight=None, batch_size=None,
+                      shuffle=False):
+        """`x` (raw dict or dataset of raw batches) as a preprocessed dataset.
+
+        In-memory arrays are batched (`batch_size`, default 32) and, with
+        `shuffle`, reshuffled every epoch; a dataset is mapped as it is.
+        """
+        import tensorflow as tf
+
+        self._check_preprocessor()
+        if isinstance(x, tf.data.Dataset):
+            return x.map(self.preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
+        data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+        dataset = tf.data.Dataset.from_tensor_slices(data)
+        if shuffle:
+            count = int(dataset.cardinality())
+            dataset = dataset.shuffle(max(count, 1),
+                                      reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size or 32)
+        if not isinstance(data, tuple):
+            return dataset.map(self.preprocessor)
+        return dataset.map(lambda *args: self.preprocessor(*args))
+
+    def fit(self, x=None, y=None, batch_size=None, sample_weight=None,
+            validation_data=None, **kwargs):
+        if self._is_raw(x):
+            # Arrays are shuffled here, as `fit` would; the dataset made of
+            # them is then taken as it is.
+            x = self._preprocessed(x, y, sample_weight, batch_size,
+                                   shuffle=kwargs.pop("shuffle", True))
+            y = sample_weight = batch_size = None
+            kwargs["shuffle"] = False
+        if validation_data is not None:
+            parts = (keras.utils.unpack_x_y_sample_weight(validation_data)
+                     if isinstance(validation_data, tuple)
+                     else (validation_data,))
+            if self._is_raw(parts[0]):
+                validation_data = self._preprocessed(*parts)
+        return super().fit(x, y, batch_size=batch_size,
+                           sample_weight=sample_weight,
+                           validation_data=validation_data, **kwargs)
+
+    def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None,
+                 **kwargs):
+        if self._is_raw(x):
+            x = self._preprocessed(x, y, sample_weight, batch_size)
+            y = sample_weight = batch_size = None
+        return super().evaluate(x, y, batch_size=batch_size,
+                                sample_weight=sample_weight, **kwargs)
+
+    def predict(self, x, batch_size=None, **kwargs):
+        """`keras.Model.predict`; raw inputs go through `self.preprocessor`."""
+        if self._is_raw(x):
+            x = self._preprocessed(x, batch_size=batch_size)
+            batch_size = None
+        return super().predict(x, batch_size=batch_size, **kwargs)
+
     def _compile_finetuning(self, optimizer, loss, metrics, learning_rate,
                             regression=False, **kwargs):
         """`compile` with the finetuning defaults for each `"auto"` argument.
@@ -82,6 +196,8 @@ class BackboneTask(FunctionalBase):
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
             "backbone": keras.layers.serialize(self.backbone),
         }
+        if getattr(self, "preprocessor", None) is not None:
+            config["preprocessor"] = keras.layers.serialize(self.preprocessor)
         config.update(self._task_config())
         return config
 

@@ -51,6 +51,10 @@ class InterBERTRetriever(BackboneTask):
             the image-text contrastive task). Not used by the score; kept
             for the two-stage first stage `"contrastive"` and saved with the
             model.
+        preprocessor: optional `InterBERTRetrieverPreprocessor`; with it,
+            `fit`, `evaluate` and `predict` take raw inputs (`text`,
+            `region_features`, `region_boxes`, `image_size`, `num_regions`),
+            and it is saved in the `.keras` file.
         dtype: dtype policy of the head.
 
     Examples:
@@ -65,7 +69,7 @@ class InterBERTRetriever(BackboneTask):
     """
 
     def __init__(self, backbone, itm_head=None, itm_dropout=0.1, itc_head=None,
-                 dtype=None, **kwargs):
+                 preprocessor=None, dtype=None, **kwargs):
         # === Layers ===
         self.backbone = backbone
         if itm_head is None:
@@ -90,6 +94,7 @@ class InterBERTRetriever(BackboneTask):
         self.itc_head = itc_head
         self._itc_weight = 0.0
         self._pairs_per_caption = 4
+        self._set_preprocessor(preprocessor)
 
         # === Config ===
         self.itm_dropout = itm_head.dropout
@@ -203,7 +208,7 @@ class InterBERTRetriever(BackboneTask):
         return cls(InterBERTBackbone.from_preset(preset, **overrides))
 
     @classmethod
-    def from_pretrained(cls, source, **preset_overrides):
+    def from_pretrained(cls, source, preprocessor=None, **preset_overrides):
         """A retriever from a pretrained model.
 
         Args:
@@ -211,11 +216,16 @@ class InterBERTRetriever(BackboneTask):
                 `InterBERTPretrainer` (its backbone and matching head are
                 kept, as in docs/architecture.md §4.1, and its contrastive head if any), an `InterBERTRetriever` (returned
                 as is), or an `InterBERTBackbone` (a new head).
+            preprocessor: optional `InterBERTRetrieverPreprocessor` for the
+                new retriever (raw inputs in `fit`/`predict`).
             **preset_overrides: backbone config overrides for a preset name.
         """
         model, what = resolve_source(source, preset_overrides)
         if isinstance(model, cls):
+            if preprocessor is not None:
+                model._set_preprocessor(preprocessor)
             return model
         backbone = backbone_of(model, what)
         return cls(backbone, itm_head=getattr(model, "itm_head", None),
-                   itc_head=getattr(model, "itc_head", None))
+                   itc_head=getattr(model, "itc_head", None),
+                   preprocessor=preprocessor)

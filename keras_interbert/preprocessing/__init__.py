@@ -1,3 +1,6 @@
-"""Text side of the data pipeline: tokenizer and packer (TF graph ops)."""
+"""Preprocessing layers: tokenizer, text and region packers, task preprocessors (TF graph ops)."""
 from keras_interbert.preprocessing.interbert_tokenizer import InterBERTTokenizer
 from keras_interbert.preprocessing.text_packer import InterBERTTextPacker
+from keras_interbert.preprocessing.region_packer import InterBERTRegionPacker
+from keras_interbert.preprocessing.retriever_preprocessor import (
+    InterBERTRetrieverPreprocessor)
