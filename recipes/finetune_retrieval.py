@@ -103,11 +103,18 @@ def main(argv=None):
     from keras_interbert.data.retrieval_pipeline import retrieval_training_dataset
     from keras_interbert.models.loading import check_vocabulary
     from keras_interbert.preprocessing import InterBERTTokenizer
+    from keras_interbert.training import HistoryCSVLogger
     from keras_interbert.training import finetuning_optimizer
     from keras_interbert.training import plot_history
     from keras_interbert.training import save_model_atomically
+    from keras_interbert.utils.atomic import write_json_atomically
+    from keras_interbert.utils.run_directory import claim_run_directory
+    from keras_interbert.utils.run_directory import run_arguments
 
-    os.makedirs(args.out, exist_ok=True)
+    run = claim_run_directory(args.out, "finetune_retrieval",
+                              run_arguments(args))
+    if run.finished:
+        return run.finished_summary()
     regions = os.path.join(args.data, "regions")
     captions = args.captions or os.path.join(
         args.data, f"captions_{args.language}.jsonl")
@@ -153,8 +160,7 @@ def main(argv=None):
               f"keeps {args.ema_momentum ** total:.0%} of the initial weights "
               "in the average; evaluate without EMA for short runs.")
 
-    callbacks = [keras.callbacks.CSVLogger(
-        os.path.join(args.out, "history.csv"))]
+    callbacks = [HistoryCSVLogger(os.path.join(args.out, "history.csv"))]
     if args.ema_momentum:
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     print(f"Finetuning on {num_captions} training captions: {args.epochs} "
@@ -203,8 +209,9 @@ def main(argv=None):
             raise SystemExit(f"evaluation stopped early (status {status}).")
         with open(os.path.join(evaluation_dir, "retrieval_metrics.json")) as f:
             summary["evaluation"] = json.load(f)
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=float)
+    write_json_atomically(os.path.join(args.out, "metrics.json"), summary,
+                          default=float)
+    run.finish()
     return summary
 
 

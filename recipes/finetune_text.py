@@ -18,7 +18,6 @@ The bundled data set has two small tasks made from its captions
         --task-dir runs/text_tasks/mentions_circle --columns sentence --out runs/text
 """
 import argparse
-import json
 import os
 import time
 
@@ -56,11 +55,17 @@ def main(argv=None):
         TextClassificationDataConfig, read_tsv, text_classification_dataset)
     from keras_interbert.models.loading import check_vocabulary
     from keras_interbert.preprocessing import InterBERTTokenizer
+    from keras_interbert.training import HistoryCSVLogger
     from keras_interbert.training import finetuning_optimizer
     from keras_interbert.training import plot_history
     from keras_interbert.training import save_model_atomically
+    from keras_interbert.utils.atomic import write_json_atomically
+    from keras_interbert.utils.run_directory import claim_run_directory
+    from keras_interbert.utils.run_directory import run_arguments
 
-    os.makedirs(args.out, exist_ok=True)
+    run = claim_run_directory(args.out, "finetune_text", run_arguments(args))
+    if run.finished:
+        return run.finished_summary()
     columns = [c.strip() for c in args.columns.split(",") if c.strip()]
     train = read_tsv(os.path.join(args.task_dir, "train.tsv"), columns,
                      args.label_column)
@@ -88,8 +93,7 @@ def main(argv=None):
                                                     config(False)),
         epochs=args.epochs, steps_per_epoch=steps, verbose=args.verbose,
         shuffle=False,
-        callbacks=[keras.callbacks.CSVLogger(os.path.join(args.out,
-                                                          "history.csv"))])
+        callbacks=[HistoryCSVLogger(os.path.join(args.out, "history.csv"))])
     seconds = time.time() - start
     final = save_model_atomically(model, os.path.join(args.out,
                                                       "finetuned.keras"))
@@ -109,8 +113,8 @@ def main(argv=None):
         "dev_accuracy": accuracy, "majority_baseline": majority,
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
     }
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json_atomically(os.path.join(args.out, "metrics.json"), summary)
+    run.finish()
     print(f"dev accuracy {accuracy:.3f} (majority class {majority:.3f}, "
           f"{dev.num_examples} examples)")
     return summary

@@ -18,7 +18,6 @@ the bundled data set's are made with
         --records runs/bundled-data/multiple_choice.jsonl --out runs/vcr
 """
 import argparse
-import json
 import os
 import time
 
@@ -75,11 +74,17 @@ def main(argv=None):
         multiple_choice_accuracies)
     from keras_interbert.models.loading import check_vocabulary
     from keras_interbert.preprocessing import InterBERTTokenizer
+    from keras_interbert.training import HistoryCSVLogger
     from keras_interbert.training import finetuning_optimizer
     from keras_interbert.training import plot_history
     from keras_interbert.training import save_model_atomically
+    from keras_interbert.utils.atomic import write_json_atomically
+    from keras_interbert.utils.run_directory import claim_run_directory
+    from keras_interbert.utils.run_directory import run_arguments
 
-    os.makedirs(args.out, exist_ok=True)
+    run = claim_run_directory(args.out, "finetune_vcr", run_arguments(args))
+    if run.finished:
+        return run.finished_summary()
     regions = os.path.join(args.data, "regions")
     records_path = args.records or os.path.join(args.data,
                                                 "multiple_choice.jsonl")
@@ -115,8 +120,7 @@ def main(argv=None):
         total_steps=total, learning_rate=args.learning_rate,
         warmup_fraction=args.warmup_fraction, decay_epochs=(),
         ema_momentum=args.ema_momentum))
-    callbacks = [keras.callbacks.CSVLogger(os.path.join(args.out,
-                                                        "history.csv"))]
+    callbacks = [HistoryCSVLogger(os.path.join(args.out, "history.csv"))]
     if args.ema_momentum:
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     print(f"{num_train} training questions; {args.epochs} epochs x {steps} "
@@ -147,8 +151,8 @@ def main(argv=None):
         "chance": {"q_a": chance, "qa_r": chance, "q_ar": chance ** 2},
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
     }
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json_atomically(os.path.join(args.out, "metrics.json"), summary)
+    run.finish()
     print(f"\n{'metric':<8} {'model':>8} {'chance':>8}   ({num_eval} "
           f"{args.eval_split} questions)")
     for k in ("q_a", "qa_r", "q_ar"):

@@ -3,11 +3,13 @@
 Reads canonical region shards and captions (by default the bundled data set,
 generated on first use), builds or loads the model (a preset, a `.keras`
 file, or a BERT checkpoint through the converter), and trains with a progress
-bar, TensorBoard logs, a CSV log, periodic `.keras` checkpoints and
-`keras.callbacks.BackupAndRestore`: a killed run started again with the same
-command continues from its last completed epoch. Ends by writing
+bar, TensorBoard logs, a CSV log, periodic `.keras` checkpoints and a
+crash-safe backup (`ExactBackupAndRestore`): a killed run started again with
+the same command continues from its last completed epoch. Ends by writing
 `pretrained.keras` (what the finetuning recipes load), `metrics.json` and
-`training_curves.png` into `--out`.
+`training_curves.png` into `--out`. `--out` must be new, empty or this
+recipe's own run with the same arguments (see docs/reliability.md); a
+finished run is reported and left unchanged.
 
 The backend comes from KERAS_BACKEND; the strategy from `--strategy`.
 
@@ -17,6 +19,7 @@ The backend comes from KERAS_BACKEND; the strategy from `--strategy`.
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -108,6 +111,10 @@ def parse_args(argv=None):
                        "kill would) after this many steps of this attempt.")
     return p.parse_args(argv)
 
+
+# Arguments that may change between the attempts of one run; every other
+# one defines the run, and a resume must repeat it.
+NOT_DEFINING = ("out", "verbose", "crash_after_steps")
 
 # The heads that read the pooled vectors: a faster rate lets the matching
 # classifier reach the size its small fused vector needs (docs/pretraining.md).
@@ -204,13 +211,21 @@ def main(argv=None):
     from keras_interbert.optimizers import BERT_INITIALISED_PATTERNS
     from keras_interbert.optimizers import pretraining_optimizer
     from keras_interbert.preprocessing import InterBERTTokenizer
+    from keras_interbert.training import AtomicModelCheckpoint
     from keras_interbert.training import ExactBackupAndRestore
     from keras_interbert.training import completed_epochs
     from keras_interbert.training import make_strategy
     from keras_interbert.training import plot_history
+    from keras_interbert.training import read_history_csv
     from keras_interbert.training import save_model_atomically
+    from keras_interbert.utils.atomic import write_json_atomically
+    from keras_interbert.utils.run_directory import claim_run_directory
+    from keras_interbert.utils.run_directory import run_arguments
 
-    os.makedirs(args.out, exist_ok=True)
+    run = claim_run_directory(args.out, "pretrain", run_arguments(
+        args, ignore=NOT_DEFINING))
+    if run.finished:
+        return run.finished_summary()
     data = args.data or ensure_bundled_data(args)
     regions = os.path.join(data, "regions")
     captions = args.captions or os.path.join(data, f"captions_{args.language}.jsonl")
@@ -264,12 +279,15 @@ def main(argv=None):
     first_x, _ = next(iter(train.take(1)))
     model({k: keras.ops.convert_to_tensor(v.numpy()) for k, v in first_x.items()})
 
+    # The checkpoint comes before the backup, which records the epoch as
+    # done and rewrites history.csv from the backed-up logs.
     callbacks = [
-        ExactBackupAndRestore(backup, save_freq="epoch"),
-        keras.callbacks.ModelCheckpoint(
+        AtomicModelCheckpoint(
             os.path.join(args.out, "checkpoints", "epoch-{epoch:03d}.keras")),
-        keras.callbacks.CSVLogger(os.path.join(args.out, "history.csv"),
-                                  append=True),
+        ExactBackupAndRestore(backup, save_freq="epoch",
+                              delete_checkpoint=False,
+                              history_path=os.path.join(args.out,
+                                                        "history.csv")),
     ]
     # TensorBoard's writer comes with TensorFlow, a dependency on every backend.
     callbacks.append(keras.callbacks.TensorBoard(
@@ -285,7 +303,7 @@ def main(argv=None):
     final = save_model_atomically(model, os.path.join(args.out,
                                                       "pretrained.keras"))
 
-    history = _read_csv(os.path.join(args.out, "history.csv"))
+    history = read_history_csv(os.path.join(args.out, "history.csv"))
     plot_history(history, os.path.join(args.out, "training_curves.png"),
                  title=f"InterBERT pretraining ({keras.config.backend()})")
     summary = {
@@ -300,8 +318,11 @@ def main(argv=None):
         "final": {k: v[-1] for k, v in history.items() if k != "epoch"},
         "first": {k: v[0] for k, v in history.items() if k != "epoch"},
     }
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json_atomically(os.path.join(args.out, "metrics.json"), summary)
+    run.finish()
+    # The backup outlives fit so that a kill before this point resumes from
+    # the trained state; the finished run no longer needs it.
+    shutil.rmtree(backup, ignore_errors=True)
     print(json.dumps(summary["final"], indent=2))
     return summary
 
@@ -321,17 +342,6 @@ def _crash_after(steps):
                 os._exit(3)
 
     return CrashAfter()
-
-
-def _read_csv(path):
-    import csv
-
-    history = {}
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                history.setdefault(key, []).append(float(value))
-    return history
 
 
 if __name__ == "__main__":
