@@ -102,6 +102,7 @@ def main(argv=None):
     from keras_interbert.data.retrieval_pipeline import load_split_captions
     from keras_interbert.data.retrieval_pipeline import retrieval_training_dataset
     from keras_interbert.models.loading import check_vocabulary
+    from keras_interbert.preprocessing import InterBERTRetrieverPreprocessor
     from keras_interbert.preprocessing import InterBERTTokenizer
     from keras_interbert.training import HistoryCSVLogger
     from keras_interbert.training import finetuning_optimizer
@@ -122,6 +123,11 @@ def main(argv=None):
 
     retriever = InterBERTRetriever.from_pretrained(args.init)
     check_vocabulary(retriever.backbone, tokenizer, args.init)
+    # The finetuned file carries the text and region settings it was
+    # trained with: `python -m keras_interbert.export` reads them there.
+    retriever.set_preprocessor(InterBERTRetrieverPreprocessor(
+        tokenizer, sequence_length=args.sequence_length,
+        max_regions=args.max_regions))
     table = RegionTable.from_files(regions, split="train",
                                    max_regions=args.max_regions)
     if table.feature_dim != retriever.backbone.image_feature_dim:

@@ -18,6 +18,7 @@ import pytest
 from conftest import BACKEND
 from conftest import REPO_ROOT
 from conftest import TINY_BACKBONE
+from conftest import WRITER_BACKEND
 
 from keras_interbert import InterBERTBackbone
 from keras_interbert import InterBERTMultipleChoice
@@ -292,23 +293,27 @@ def test_bad_options_and_text_pair(exports, loaded_signatures):
 
 
 @pytest.mark.tensorflow_only
-def test_keras_file_from_another_backend_exports_and_validates(tmp_path):
-    """A pretrainer saved under JAX exports (scored by its ITM head)."""
-    _run([sys.executable, os.path.join(REPO_ROOT, "tests",
-                                       "cross_backend_save.py"),
-          str(tmp_path)], env={"KERAS_BACKEND": "jax"})
+def test_keras_file_from_another_backend_exports_and_validates(
+        tmp_path, saved_by_other_backend):
+    """A pretrainer saved under JAX exports (scored by its ITM head).
+
+    The file is the one tests/test_cross_backend.py loads in this session
+    (conftest.py's `saved_by_other_backend`, written under JAX for the
+    TensorFlow session)."""
+    assert WRITER_BACKEND == "jax"
+    saved = saved_by_other_backend / "model.keras"
     vocabulary = tmp_path / "vocabulary.txt"
     vocabulary.write_text("".join(t + "\n" for t in tiny_vocabulary()))
     export_dir = str(tmp_path / "pretrained" / "1")
     metadata = export_for_serving(
-        str(tmp_path / "model.keras"), export_dir,
+        str(saved), export_dir,
         ExportOptions(vocabulary=str(vocabulary), max_regions=MAX_REGIONS,
                       sequence_length=SEQUENCE_LENGTH))
     assert metadata["model_class"] == "InterBERTPretrainer"
     assert metadata["signature_names"] == ["score", "embed"]
     # Fresh process, ops, warmup replay, saved_model_cli and the Keras
     # model's outputs on batch sizes 1 and 16 with the edge cases.
-    summary = validate_export(export_dir, model=str(tmp_path / "model.keras"))
+    summary = validate_export(export_dir, model=str(saved))
     assert summary["differences"]["score/itm_logits"] <= 1e-5
     assert "signature_def['serving_default']" in summary["saved_model_cli"]
     assert "inputs['region_boxes']" in summary["saved_model_cli"]
@@ -350,3 +355,69 @@ def test_export_options_defaults_per_task():
         ExportOptions(text_pairs=True).resolved("matching")
     with pytest.raises(ValueError, match="max_regions"):
         ExportOptions(max_regions=0).resolved("matching")
+
+
+def _preprocessed_retriever(tmp_path, sequence_length=9, max_regions=4):
+    from keras_interbert.preprocessing import InterBERTRetrieverPreprocessor
+    from keras_interbert.preprocessing import InterBERTTokenizer
+
+    vocabulary = tmp_path / "vocabulary.txt"
+    vocabulary.write_text("".join(t + "\n" for t in tiny_vocabulary()))
+    preprocessor = InterBERTRetrieverPreprocessor(
+        InterBERTTokenizer(vocabulary=str(vocabulary)),
+        sequence_length=sequence_length, max_regions=max_regions)
+    keras.utils.set_random_seed(1)
+    return InterBERTRetriever(InterBERTBackbone(**TINY_BACKBONE),
+                              preprocessor=preprocessor), vocabulary
+
+
+def test_export_options_come_from_the_model_preprocessor(tmp_path):
+    model, _ = _preprocessed_retriever(tmp_path)
+    options = ExportOptions().resolved("matching", model.preprocessor)
+    assert (options.sequence_length, options.max_regions,
+            options.truncate_after_packing) == (9, 4, True)
+    same = ExportOptions(sequence_length=9).resolved("matching",
+                                                     model.preprocessor)
+    assert same.sequence_length == 9
+    with pytest.raises(ValueError, match=r"sequence_length=30 contradicts.*"
+                                         r"sequence_length=9"):
+        ExportOptions(sequence_length=30).resolved("matching",
+                                                   model.preprocessor)
+    with pytest.raises(ValueError, match=r"max_regions=101 contradicts.*"
+                                         r"max_regions=4"):
+        ExportOptions(max_regions=101).resolved("matching", model.preprocessor)
+
+
+def test_export_reads_the_model_and_serves_what_predict_gives(tmp_path):
+    """No option: lengths, slots and vocabulary come from the model; the
+    `score` signature answers raw inputs as `predict` does on them."""
+    if BACKEND != "tensorflow":
+        pytest.skip("exports run under TensorFlow")
+    import tensorflow as tf
+
+    model, _ = _preprocessed_retriever(tmp_path)
+    path = str(tmp_path / "retriever.keras")
+    model.save(path)
+    export_dir = str(tmp_path / "served" / "1")
+    metadata = export_for_serving(path, export_dir)
+    assert (metadata["sequence_length"], metadata["max_regions"]) == (9, 4)
+    with pytest.raises(ValueError, match="not the vocabulary of the model"):
+        export_for_serving(path, str(tmp_path / "other" / "1"),
+                           ExportOptions(vocabulary="interbert_tiny_en"))
+
+    rng = np.random.default_rng(0)
+    raw = {
+        "text": np.array(["a brown dog runs on the beach", "horse",
+                          "what is the man in the picture ?"]),
+        "region_features": rng.normal(size=(3, 7, TINY_BACKBONE[
+            "image_feature_dim"])).astype("float32"),
+        "region_boxes": np.tile(np.array([[10, 20, 110, 220]], "float32"),
+                                (3, 7, 1)),
+        "image_size": np.array([[300, 400]] * 3, "int32"),
+        "num_regions": np.array([7, 2, 5], "int32"),
+    }
+    served = tf.saved_model.load(export_dir).signatures["score"](
+        **{k: tf.constant(v) for k, v in raw.items()})
+    expected = model.predict(raw, verbose=0)["itm_logits"]
+    np.testing.assert_allclose(served["itm_logits"].numpy(), expected,
+                               rtol=1e-4, atol=1e-5)

@@ -46,10 +46,29 @@ class ExportOptions:
     lowercase: bool = True
     warmup: bool = True
 
-    def resolved(self, task):
-        """A copy with the task's defaults filled in, after checks."""
+    def resolved(self, task, preprocessor=None):
+        """A copy with the task's defaults filled in, after checks.
+
+        With the model's `preprocessor` (the task's `.preprocessor`), its
+        sequence length, region count and truncation rule come first: an
+        option left unset takes the preprocessor's value, and one set to
+        another value is refused with both values named.
+        """
         defaults = TASK_DEFAULTS[task]
         out = dataclasses.replace(self)
+        if preprocessor is not None:
+            for key in defaults:
+                value = getattr(preprocessor, key, None)
+                if value is None:
+                    continue
+                given = getattr(out, key)
+                if given is not None and given != value:
+                    raise ValueError(
+                        f"{key}={given!r} contradicts the model's "
+                        f"preprocessor, which has {key}={value!r}; leave the "
+                        "option unset to export what the model was trained "
+                        "with.")
+                setattr(out, key, value)
         for key, value in defaults.items():
             if getattr(out, key) is None:
                 setattr(out, key, value)

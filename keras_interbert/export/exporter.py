@@ -73,8 +73,21 @@ def serving_task(model):
         "head), an InterBERTTextClassifier or an InterBERTMultipleChoice.")
 
 
-def _tokenizer(options, backbone):
+def _tokenizer(options, backbone, preprocessor=None):
     vocabulary = options.vocabulary
+    if preprocessor is not None:
+        # The vocabulary the model was trained with travels in its file.
+        trained = preprocessor.tokenizer.get_vocabulary()
+        if vocabulary is None:
+            vocabulary = trained
+        else:
+            given = InterBERTTokenizer(vocabulary).get_vocabulary()
+            if given != trained:
+                raise ValueError(
+                    f"vocabulary {vocabulary!r} ({len(given):,} word pieces) "
+                    "is not the vocabulary of the model's preprocessor "
+                    f"({len(trained):,} word pieces); leave it unset to "
+                    "export the model's own.")
     if vocabulary is None:
         vocabulary = _BUNDLED_BY_SIZE.get(backbone.vocabulary_size)
         if vocabulary is None:
@@ -163,13 +176,14 @@ def export_for_serving(model, export_dir, options=None, model_name=None,
     source = model if isinstance(model, (str, os.PathLike)) else None
     model, _ = resolve_source(model)
     task = serving_task(model)
-    options = (options or ExportOptions()).resolved(task)
+    preprocessor = getattr(model, "preprocessor", None)
+    options = (options or ExportOptions()).resolved(task, preprocessor)
     backbone = model.backbone
     if options.sequence_length > backbone.max_sequence_length:
         raise ValueError(
             f"sequence_length {options.sequence_length} exceeds the model's "
             f"max_sequence_length {backbone.max_sequence_length}.")
-    tokenizer = _tokenizer(options, backbone)
+    tokenizer = _tokenizer(options, backbone, preprocessor)
     packer = InterBERTTextPacker(
         options.sequence_length, cls_id=tokenizer.cls_id,
         sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id,

@@ -63,7 +63,7 @@ class BackboneTask(FunctionalBase):
         return {}
 
     # === Preprocessor (keras-hub's Task contract) ===
-    def _set_preprocessor(self, preprocessor):
+    def set_preprocessor(self, preprocessor):
         """Keeps `preprocessor` (or `None`) after checking its vocabulary.
 
         Called by subclasses after the functional model is built. A

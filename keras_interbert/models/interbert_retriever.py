@@ -94,7 +94,7 @@ class InterBERTRetriever(BackboneTask):
         self.itc_head = itc_head
         self._itc_weight = 0.0
         self._pairs_per_caption = 4
-        self._set_preprocessor(preprocessor)
+        self.set_preprocessor(preprocessor)
 
         # === Config ===
         self.itm_dropout = itm_head.dropout
@@ -223,7 +223,7 @@ class InterBERTRetriever(BackboneTask):
         model, what = resolve_source(source, preset_overrides)
         if isinstance(model, cls):
             if preprocessor is not None:
-                model._set_preprocessor(preprocessor)
+                model.set_preprocessor(preprocessor)
             return model
         backbone = backbone_of(model, what)
         return cls(backbone, itm_head=getattr(model, "itm_head", None),
