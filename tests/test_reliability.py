@@ -297,6 +297,46 @@ def test_save_model_atomically_keeps_the_old_model_on_a_full_disk(tmp_path):
     assert os.listdir(tmp_path) == ["pretrained.keras"]
 
 
+@pytest.mark.tensorflow_only  # the same callbacks run above on every backend
+def test_pretrain_after_a_full_disk_at_the_first_checkpoint(
+        tmp_path, monkeypatch):
+    """The issue's case: the checkpoint of epoch 1 hits a full disk. Before,
+    a truncated epoch-001.keras stayed, and after the resume history.csv
+    lacked epoch 0 while metrics.json called epoch 1 "first"."""
+    import pretrain
+
+    from keras_interbert.data.synthetic import write_dataset
+
+    data, out = str(tmp_path / "data"), str(tmp_path / "out")
+    write_dataset(data, num_images=40, seed=1, feature_dim=16,
+                  languages=("en",), save_images=False, progress=False)
+    argv = ["--out", out, "--data", data, *PRETRAIN_ARGS, "--steps", "2",
+            "--steps-per-epoch", "1"]
+    real = keras.Model.save
+
+    def save(model, filepath, *args, **kwargs):
+        if os.path.basename(filepath).startswith(".epoch-001."):
+            return half_written_then_disk_full(
+                real.__get__(model), filepath, *args, **kwargs)
+        return real(model, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", save)
+    with pytest.raises(OSError, match="No space left"):
+        pretrain.main(argv)
+    monkeypatch.undo()
+    assert os.listdir(os.path.join(out, "checkpoints")) == []
+    assert not leftovers(out)
+    summary = pretrain.main(argv)
+    history = history_epochs(out)
+    assert history["epoch"] == [0.0, 1.0]
+    assert summary["first"] == {k: v[0] for k, v in history.items()
+                                if k != "epoch"}
+    for name in ("epoch-001.keras", "epoch-002.keras"):
+        keras.saving.load_model(os.path.join(out, "checkpoints", name))
+    assert not os.path.exists(os.path.join(out, "backup"))
+    assert not leftovers(out)
+
+
 # ------------------------------------------------------- the folder guard
 
 PRETRAIN_ARGS = ["--steps", "4", "--steps-per-epoch", "2", "--batch-size",
