@@ -25,7 +25,6 @@ Command line: `python -m keras_interbert.data.multiple_choice_synthetic
 """
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
@@ -104,9 +103,11 @@ def scene_questions(scene, rng, max_questions=2):
 
 def write_multiple_choice(scenes_path, out_path, seed=0, questions_per_image=2):
     """Write the task as JSON Lines; returns the number of records."""
+    from keras_interbert.utils.atomic import atomic_path
+
     count = 0
-    tmp = os.fspath(out_path) + ".tmp"
-    with open(scenes_path, encoding="utf-8") as scenes, open(
+    with atomic_path(out_path, suffix=".tmp") as tmp, open(
+            scenes_path, encoding="utf-8") as scenes, open(
             tmp, "w", encoding="utf-8") as out:
         for n, line in enumerate(scenes):
             if not line.strip():
@@ -116,7 +117,6 @@ def write_multiple_choice(scenes_path, out_path, seed=0, questions_per_image=2):
                                           questions_per_image):
                 out.write(json.dumps(record) + "\n")
                 count += 1
-    os.replace(tmp, out_path)
     return count
 
 

@@ -36,6 +36,7 @@ from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.region_features import read_captions
 from keras_interbert.data.retrieval_pipeline import batched_epochs
 from keras_interbert.preprocessing import InterBERTTextPacker
+from keras_interbert.utils.atomic import write_text_atomically
 
 
 @dataclasses.dataclass
@@ -301,17 +302,12 @@ def write_caption_tasks(captions_path, out_dir, seed=0):
                     pairs.append((own[a], text, "different"))
                     break
         path = os.path.join(out_dir, "same_image", name)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("sentence1\tsentence2\tlabel\n")
-            for s1, s2, label in pairs:
-                f.write(f"{s1}\t{s2}\t{label}\n")
+        write_text_atomically(path, "sentence1\tsentence2\tlabel\n" + "".join(
+            f"{s1}\t{s2}\t{label}\n" for s1, s2, label in pairs))
         written.append(path)
         path = os.path.join(out_dir, "mentions_circle", name)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("sentence\tlabel\n")
-            for image_id in ids:
-                for text in images[image_id]:
-                    label = "yes" if _CIRCLE.search(text) else "no"
-                    f.write(f"{text}\t{label}\n")
+        write_text_atomically(path, "sentence\tlabel\n" + "".join(
+            f"{text}\t{'yes' if _CIRCLE.search(text) else 'no'}\n"
+            for image_id in ids for text in images[image_id]))
         written.append(path)
     return written
