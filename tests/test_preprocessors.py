@@ -225,3 +225,48 @@ def test_retriever_refuses_a_preprocessor_of_another_vocabulary():
         InterBERTRetriever(backbone, preprocessor=_preprocessor())
     with pytest.raises(ValueError, match="preprocessors"):
         InterBERTRetriever(backbone, preprocessor=lambda x: x)
+
+
+def test_text_classifier_preprocessor_packs_pairs_with_an_empty_image(
+        tmp_path):
+    from keras_interbert import InterBERTTextClassifier
+    from keras_interbert.preprocessing import InterBERTTextClassifierPreprocessor
+
+    tokenizer = InterBERTTokenizer(vocabulary=VOCABULARY)
+    dim = TINY_BACKBONE["image_feature_dim"]
+    preprocessor = InterBERTTextClassifierPreprocessor(
+        tokenizer, image_feature_dim=dim, sequence_length=8, text_pairs=True)
+    raw = {"text": np.array(["a dog on the beach", "cat"]),
+           "text_pair": np.array(["the red balls", "a cat on a ball ."])}
+    x = preprocessor(raw)
+    ids = {t: i for i, t in enumerate(VOCABULARY)}
+    # Longest first to 8 - 3 = 5 pieces: "a dog on" + "the red" is 3 + 2.
+    np.testing.assert_array_equal(
+        np.asarray(x["token_ids"])[0],
+        [ids[t] for t in ["[CLS]", "a", "dog", "on", "[SEP]", "the", "red",
+                          "[SEP]"]])
+    np.testing.assert_array_equal(np.asarray(x["segment_ids"])[0],
+                                  [0, 0, 0, 0, 0, 1, 1, 1])
+    assert np.asarray(x["region_features"]).shape == (2, 1, dim)
+    assert not np.asarray(x["region_mask"]).any()
+    with pytest.raises(ValueError, match=r"missing \['text_pair'\]"):
+        preprocessor({"text": raw["text"]})
+
+    backbone = InterBERTBackbone(**dict(TINY_BACKBONE,
+                                        vocabulary_size=len(VOCABULARY)))
+    classifier = InterBERTTextClassifier(backbone, num_classes=3,
+                                         preprocessor=preprocessor)
+    np.testing.assert_allclose(classifier.predict(raw, verbose=0),
+                               classifier.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    path = str(tmp_path / "classifier.keras")
+    classifier.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.preprocessor.text_pairs
+    np.testing.assert_allclose(loaded.predict(raw, verbose=0),
+                               classifier.predict(raw, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    narrow = InterBERTTextClassifierPreprocessor(tokenizer,
+                                                 image_feature_dim=dim + 1)
+    with pytest.raises(ValueError, match="image slots"):
+        InterBERTTextClassifier(backbone, num_classes=3, preprocessor=narrow)

@@ -99,6 +99,12 @@ class BackboneTask(FunctionalBase):
                 f"{type(self).__name__}: the preprocessor's vocabulary has "
                 f"{size} word pieces, the backbone's embedding table "
                 f"{expected}; they must be the same vocabulary.")
+        width = getattr(self.preprocessor, "image_feature_dim", None)
+        if width is not None and width != self.backbone.image_feature_dim:
+            raise ValueError(
+                f"{type(self).__name__}: the preprocessor gives "
+                f"{width}-d image slots, the backbone takes "
+                f"{self.backbone.image_feature_dim}-d ones.")
         self._preprocessor_checked = True
 
     def _is_raw(self, x):

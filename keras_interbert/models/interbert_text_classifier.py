@@ -23,6 +23,9 @@ class InterBERTTextClassifier(BackboneTask):
         backbone: an `InterBERTBackbone`.
         num_classes: classes (or 1 for a regression score).
         dropout: dropout before the classifier.
+        preprocessor: optional `InterBERTTextClassifierPreprocessor`; with
+            it, `fit`, `evaluate` and `predict` take raw `text` (and
+            `text_pair`), and it is saved in the `.keras` file.
         dtype: dtype policy of the head.
 
     Examples:
@@ -34,8 +37,8 @@ class InterBERTTextClassifier(BackboneTask):
     ```
     """
 
-    def __init__(self, backbone, num_classes, dropout=0.1, dtype=None,
-                 **kwargs):
+    def __init__(self, backbone, num_classes, dropout=0.1, preprocessor=None,
+                 dtype=None, **kwargs):
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1; received {num_classes}.")
         # === Layers ===
@@ -56,6 +59,7 @@ class InterBERTTextClassifier(BackboneTask):
         # === Config ===
         self.num_classes = int(num_classes)
         self.dropout = dropout
+        self.set_preprocessor(preprocessor)
 
     def _image_feature_dim(self):
         return self.backbone.image_feature_dim

@@ -4,3 +4,6 @@ from keras_interbert.preprocessing.text_packer import InterBERTTextPacker
 from keras_interbert.preprocessing.region_packer import InterBERTRegionPacker
 from keras_interbert.preprocessing.retriever_preprocessor import (
     InterBERTRetrieverPreprocessor)
+from keras_interbert.preprocessing.preprocessor_base import InterBERTPreprocessor
+from keras_interbert.preprocessing.text_classifier_preprocessor import (
+    InterBERTTextClassifierPreprocessor)
