@@ -62,6 +62,14 @@ class BackboneTask(FunctionalBase):
     def _task_config(self):
         return {}
 
+    def save_to_preset(self, preset_dir, overwrite=False):
+        """Writes the task, its backbone, weights and preprocessor to
+        `preset_dir` (see `keras_interbert.models.preset_io`); the task
+        class's `from_preset(preset_dir)` loads them."""
+        from keras_interbert.models import preset_io
+
+        return preset_io.save_to_preset(self, preset_dir, overwrite=overwrite)
+
     # === Preprocessor (keras-hub's Task contract) ===
     def set_preprocessor(self, preprocessor):
         """Keeps `preprocessor` (or `None`) after checking its vocabulary.

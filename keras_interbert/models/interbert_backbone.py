@@ -437,13 +437,31 @@ class InterBERTBackbone(FunctionalBase):
 
     @classmethod
     def from_preset(cls, preset, **overrides):
-        """Builds a randomly initialised backbone from a named configuration.
+        """A backbone from a named configuration or a preset directory.
 
-        `preset` is one of `keras_interbert.presets.list_presets()`; keyword
-        arguments override single config values (e.g. `image_feature_dim`).
+        `preset` is one of `keras_interbert.presets.list_presets()` (random
+        weights; keyword arguments override single config values, e.g.
+        `image_feature_dim`), or a directory written by `save_to_preset`
+        (the saved config and weights; of a task's directory, its backbone).
         """
+        from keras_interbert.models import preset_io
         from keras_interbert.presets import preset_backbone_config
+
+        if preset_io.is_preset_directory(preset):
+            if overrides:
+                raise ValueError(
+                    f"{preset} is a saved backbone; it loads as saved, "
+                    f"without config overrides (received {sorted(overrides)}).")
+            return preset_io.load_backbone(preset)
 
         config = preset_backbone_config(preset)
         config.update(overrides)
         return cls(**config)
+
+    def save_to_preset(self, preset_dir, overwrite=False):
+        """Writes config and weights to `preset_dir` (see
+        `keras_interbert.models.preset_io`); `from_preset(preset_dir)` loads
+        them."""
+        from keras_interbert.models import preset_io
+
+        return preset_io.save_to_preset(self, preset_dir, overwrite=overwrite)

@@ -125,7 +125,17 @@ class InterBERTMultipleChoice(BackboneTask):
 
     @classmethod
     def from_preset(cls, preset, num_options=4, **overrides):
-        """A randomly initialised model of a named configuration."""
+        """A randomly initialised model of a named configuration, or the
+        model of a preset directory (`save_to_preset`; a new choice head on
+        the backbone of any other saved model)."""
+        from keras_interbert.models import preset_io
+
+        if preset_io.is_preset_directory(preset):
+            model = preset_io.load_preset(preset)
+            if isinstance(model, cls):
+                return model
+            return cls.from_pretrained(model, num_options=num_options,
+                                       **overrides)
         return cls(InterBERTBackbone.from_preset(preset, **overrides),
                    num_options=num_options)
 

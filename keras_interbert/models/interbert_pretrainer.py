@@ -381,8 +381,15 @@ class InterBERTPretrainer(BackboneTask):
         `contrastive` (and `contrastive_dim`) add the optional contrastive
         head; other keyword arguments override the backbone configuration.
         """
+        from keras_interbert.models import preset_io
         from keras_interbert.presets import preset_task_config
 
+        if preset_io.is_preset_directory(preset):
+            model = preset_io.load_preset(preset)
+            if not isinstance(model, cls):
+                raise ValueError(f"{preset} holds a {type(model).__name__}, "
+                                 f"not an {cls.__name__}.")
+            return model
         backbone = InterBERTBackbone.from_preset(preset, **overrides)
         return cls(backbone, contrastive=contrastive,
                    contrastive_dim=contrastive_dim,

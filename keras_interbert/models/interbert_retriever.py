@@ -204,7 +204,13 @@ class InterBERTRetriever(BackboneTask):
 
     @classmethod
     def from_preset(cls, preset, **overrides):
-        """A randomly initialised retriever of a named configuration."""
+        """A randomly initialised retriever of a named configuration, or the
+        model of a preset directory (`save_to_preset`): a saved retriever
+        as saved, a saved pretrainer with its matching head kept."""
+        from keras_interbert.models import preset_io
+
+        if preset_io.is_preset_directory(preset):
+            return preset_io.task_from_preset(cls, preset, **overrides)
         return cls(InterBERTBackbone.from_preset(preset, **overrides))
 
     @classmethod

@@ -81,7 +81,15 @@ class InterBERTTextClassifier(BackboneTask):
 
     @classmethod
     def from_preset(cls, preset, num_classes, **overrides):
-        """A randomly initialised classifier of a named configuration."""
+        """A randomly initialised classifier of a named configuration, or the
+        model of a preset directory (`save_to_preset`; a saved classifier
+        must have `num_classes` classes, any other saved model gives its
+        backbone and a new classifier)."""
+        from keras_interbert.models import preset_io
+
+        if preset_io.is_preset_directory(preset):
+            return cls.from_pretrained(preset_io.load_preset(preset),
+                                       num_classes=num_classes, **overrides)
         return cls(InterBERTBackbone.from_preset(preset, **overrides),
                    num_classes=num_classes)
 

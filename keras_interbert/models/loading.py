@@ -102,6 +102,10 @@ def resolve_source(source, preset_overrides=None):
             model = InterBERTPretrainer.from_preset(
                 name, **(preset_overrides or {}))
             return model, f"preset {name} (random weights)"
+        from keras_interbert.models import preset_io
+
+        if preset_io.is_preset_directory(name):
+            return preset_io.load_preset(name), f"preset directory {name}"
         if name.endswith(".keras") or os.path.exists(name):
             return load_interbert(name), name
         raise ModelLoadError(
