@@ -8,6 +8,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
+# The session that runs the checks marked `once` (independent of the backend:
+# pipelines, files, processes that pick their own backend) when several
+# sessions run: PyTorch's, which has the most time to spare (tests/conftest.py).
+ONCE_BACKEND ?= $(if $(filter torch,$(BACKENDS)),torch,$(firstword $(BACKENDS)))
 QUICKSTART_ARGS ?=
 
 .PHONY: install install-test test test-serial test-long test-tensorflow test-jax test-torch quickstart benchmark clean
@@ -37,7 +41,8 @@ install-test: $(VENV)/.installed-test
 test: install-test
 	@rm -rf .test-runs; mkdir -p .test-runs; \
 	for backend in $(BACKENDS); do \
-	  ( KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -p no:cacheprovider --durations=12 \
+	  ( KERAS_BACKEND=$$backend INTERBERT_ONCE_BACKEND=$(ONCE_BACKEND) \
+	      $(BIN)/python -m pytest -q -p no:cacheprovider --durations=12 \
 	      --basetemp=.test-runs/tmp-$$backend $(PYTEST_ARGS) \
 	      > .test-runs/$$backend.log 2>&1; echo $$? > .test-runs/$$backend.status ) & \
 	done; wait; status=0; \
@@ -52,7 +57,8 @@ test: install-test
 test-serial: install-test
 	@status=0; for backend in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$backend"; \
-	  KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) || status=1; \
+	  KERAS_BACKEND=$$backend INTERBERT_ONCE_BACKEND=$(ONCE_BACKEND) \
+	    $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) || status=1; \
 	done; exit $$status
 
 # The long learning run that `make test` keeps to TensorFlow (ITM from

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import keras_interbert  # noqa: F401  (first: a quiet TensorFlow start-up)
 import keras
@@ -12,12 +14,31 @@ FIXTURE = os.path.join(REPO_ROOT, "tests", "fixtures",
                        "original_interbert_tiny.npz")
 BACKEND = keras.config.backend()
 
+# A check marked `once` cannot depend on the session's KERAS_BACKEND: it tests
+# tf.data pipelines, numpy code or files, or it starts processes that choose
+# their own backend. With INTERBERT_ONCE_BACKEND set, it runs only in that
+# backend's session: `make test`, which runs the three sessions side by side
+# on one machine, names torch (the session with the most time to spare), so
+# that such a check runs once instead of three times. Unset (a single
+# session, `make test-jax`, plain pytest), it runs in every session.
+# `every_backend` exempts a test of a module marked `once` (e.g. the one that
+# feeds the pipeline's batches to the model).
+ONCE_BACKEND = os.environ.get("INTERBERT_ONCE_BACKEND") or None
+if ONCE_BACKEND not in (None, "tensorflow", "jax", "torch"):
+    raise ValueError("INTERBERT_ONCE_BACKEND must be tensorflow, jax or "
+                     f"torch; received {ONCE_BACKEND!r}.")
+
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tensorflow_only" in item.keywords and BACKEND != "tensorflow":
             item.add_marker(pytest.mark.skip(
                 reason="tensorflow_only: needs the TensorFlow backend"))
+        elif ("once" in item.keywords and "every_backend" not in item.keywords
+              and ONCE_BACKEND not in (None, BACKEND)):
+            item.add_marker(pytest.mark.skip(
+                reason="once: independent of KERAS_BACKEND, runs in the "
+                f"{ONCE_BACKEND} session (INTERBERT_ONCE_BACKEND)"))
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +47,38 @@ def _reset_policy():
     keras.utils.set_random_seed(0)
     yield
     keras.config.set_dtype_policy("float32")
+
+
+# Each backend reads the `.keras` files that one other backend wrote, in a
+# ring that makes every backend a writer once and a reader once
+# (tensorflow <- torch <- jax <- tensorflow). One writer process per session
+# serves tests/test_cross_backend.py, tests/test_tasks.py (the round trip)
+# and, under TensorFlow, tests/test_export.py. The ring puts the costliest
+# writer (JAX, which compiles every function it trains) in the PyTorch
+# session, the one with time to spare.
+WRITER_BACKEND = {"tensorflow": "torch", "jax": "tensorflow",
+                  "torch": "jax"}.get(BACKEND, "tensorflow")
+
+
+@pytest.fixture(scope="session")
+def saved_by_other_backend(tmp_path_factory):
+    """A folder written by tests/cross_backend_save.py under WRITER_BACKEND.
+
+    Holds `model.keras` and `outputs.npz` (a tiny pretrainer and its outputs);
+    for the training replay, `trainer.keras` and `trained.npz`; and for the
+    pretrain -> finetune round trip of tests/test_tasks.py, `pretrained.keras`
+    and `pretrained.saved.npz`. Tests copy what they change.
+    """
+    out = tmp_path_factory.mktemp(f"saved_under_{WRITER_BACKEND}")
+    env = dict(os.environ, KERAS_BACKEND=WRITER_BACKEND,
+               TF_CPP_MIN_LOG_LEVEL="3")
+    script = os.path.join(REPO_ROOT, "tests", "cross_backend_save.py")
+    result = subprocess.run(
+        [sys.executable, script, str(out), "0", "--train", "--round-trip"],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"saved under {WRITER_BACKEND}" in result.stdout
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,14 @@
 """Run under some KERAS_BACKEND: saves a tiny pretrainer and its outputs.
 
-Usage: python tests/cross_backend_save.py OUT_DIR [SEED] [--train]
+Usage: python tests/cross_backend_save.py OUT_DIR [SEED] [--train] [--round-trip]
 
 With `--train`, also saves a pretrainer without dropout (`trainer.keras`),
 then the weights and losses after `TRAIN_EPOCHS` passes over
 `train_batches()` with the pretraining optimizer (`trained.npz`), so that a
 process under another backend can replay the same training from the same
-file and compare.
+file and compare. With `--round-trip`, also runs the "pretrain" stage of
+`task_round_trip.py` (`pretrained.keras` and its outputs), so that the
+session's one writer process serves tests/test_tasks.py too.
 """
 import os
 import sys
@@ -73,4 +75,8 @@ if __name__ == "__main__":
         weights = {f"weights/{v.path}": keras.ops.convert_to_numpy(v)
                    for v in trainer.weights}
         np.savez(os.path.join(out, "trained.npz"), **weights, **logs)
+    if "--round-trip" in sys.argv[2:]:
+        import task_round_trip
+
+        task_round_trip.main("pretrain", out)
     print("saved under", keras.config.backend())

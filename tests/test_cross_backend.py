@@ -1,12 +1,7 @@
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
-from conftest import REPO_ROOT
+from conftest import WRITER_BACKEND as SOURCE
 from conftest import random_backbone_inputs
 from conftest import to_numpy
 from cross_backend_save import compile_for_training
@@ -15,23 +10,11 @@ from cross_backend_save import TRAIN_EPOCHS
 
 from keras_interbert import InterBERTPretrainer
 
-# Each backend loads the files of one other, in a ring that runs every backend
-# once as the writer and once as the reader (tensorflow <- torch <- jax <-
-# tensorflow); test_export.py also exports a JAX file under TensorFlow.
-SOURCE = {"tensorflow": "torch", "jax": "tensorflow", "torch": "jax"}[BACKEND]
 
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    out = tmp_path_factory.mktemp(f"saved_under_{SOURCE}")
-    env = dict(os.environ, KERAS_BACKEND=SOURCE, TF_CPP_MIN_LOG_LEVEL="3")
-    script = os.path.join(REPO_ROOT, "tests", "cross_backend_save.py")
-    result = subprocess.run(
-        [sys.executable, script, str(out), "0", "--train"], env=env,
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"saved under {SOURCE}" in result.stdout
-    return out
+@pytest.fixture
+def saved(saved_by_other_backend):
+    """Files written under another backend, in a ring (conftest.py)."""
+    return saved_by_other_backend
 
 
 def test_keras_file_from_another_backend(saved):

@@ -16,6 +16,10 @@ from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.region_features import read_manifest
 from keras_interbert.data.region_features import region_dataset
 
+# tf.data, numpy and files only: the same under every KERAS_BACKEND
+# (conftest.py).
+pytestmark = pytest.mark.once
+
 D = 6
 C = 4
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

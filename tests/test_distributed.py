@@ -23,8 +23,10 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 TIMEOUT = 240
 
 
-def run_worker(script, output, env=None, timeout=TIMEOUT):
+def run_worker(script, output, env=None, backend=None):
     env = dict(os.environ if env is None else env)
+    if backend:
+        env["KERAS_BACKEND"] = backend
     env["PYTHONPATH"] = os.pathsep.join(
         [REPO_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
     return subprocess.Popen(
@@ -73,10 +75,13 @@ def assert_trained(results, prefix):
     assert max(moved) > 1e-3
 
 
-@pytest.mark.tensorflow_only
+# The TensorFlow strategies run in worker processes that set their own
+# backend, so any one session can start them (conftest.py, `once`).
+@pytest.mark.once
 def test_mirrored_strategy_two_replicas_match_one_device(tmp_path):
     output = tmp_path / "mirrored.npz"
-    wait([run_worker("distributed_mirrored.py", output)])
+    wait([run_worker("distributed_mirrored.py", output,
+                     backend="tensorflow")])
     results = np.load(output)
     assert_trained(results, "one/")
     # The per-step logs (running means over the epoch) and the epoch logs.
@@ -96,7 +101,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.tensorflow_only
+@pytest.mark.once
 def test_multi_worker_mirrored_strategy_two_workers(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
     processes = []
@@ -104,10 +109,12 @@ def test_multi_worker_mirrored_strategy_two_workers(tmp_path):
         env = dict(os.environ, TF_CONFIG=json.dumps(
             {"cluster": cluster, "task": {"type": "worker", "index": index}}))
         processes.append(run_worker("distributed_multiworker.py",
-                                    tmp_path / f"worker_{index}.npz", env))
+                                    tmp_path / f"worker_{index}.npz", env,
+                                    backend="tensorflow"))
     reference_env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     processes.append(run_worker("distributed_multiworker.py",
-                                tmp_path / "reference.npz", reference_env))
+                                tmp_path / "reference.npz", reference_env,
+                                backend="tensorflow"))
     wait(processes)
     workers = [np.load(tmp_path / f"worker_{i}.npz") for i in range(2)]
     reference = np.load(tmp_path / "reference.npz")

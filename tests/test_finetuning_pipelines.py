@@ -47,6 +47,11 @@ from keras_interbert.data.text_classification_pipeline import write_caption_task
 from keras_interbert.preprocessing import InterBERTTokenizer
 from keras_interbert.presets import preset_vocabulary
 
+# The pipelines' own checks are the same under every KERAS_BACKEND
+# (conftest.py); the backbone and the pool's keras.ops are not
+# (every_backend).
+pytestmark = pytest.mark.once
+
 R = 4  # region slots after the global one in these tests
 
 
@@ -356,6 +361,7 @@ def test_nearest_neighbour_pool_is_cosine_top_k():
                                   numpy_neighbours(features[:4], 4)[0])
 
 
+@pytest.mark.every_backend
 def test_hard_negative_cli(bundled, raw_regions, tmp_path):
     out = str(tmp_path / "pool.npz")
     env = dict(os.environ, KERAS_BACKEND=keras.config.backend(),
@@ -755,6 +761,7 @@ def test_text_classification_packing(tmp_path, tokenizer, hf):
     assert (x["segment_ids"] == 0).all()
 
 
+@pytest.mark.every_backend
 @pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
 def test_text_classification_runs_through_the_backbone(tmp_path, tokenizer):
     path = write_tsv(tmp_path / "t.tsv", [("sentence", "label"),

@@ -10,6 +10,10 @@ import tensorflow as tf
 
 from keras_interbert.data import masking
 
+# tf.data, numpy and files only: the same under every KERAS_BACKEND
+# (conftest.py).
+pytestmark = pytest.mark.once
+
 VOCAB = 30522
 MASK, CLS, SEP = 103, 101, 102
 

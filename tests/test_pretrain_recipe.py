@@ -14,7 +14,7 @@ RECIPE = os.path.join(REPO_ROOT, "recipes", "pretrain.py")
 
 
 def run_recipe(out, data, *extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
     cmd = [sys.executable, RECIPE, "--out", out, "--data", data,
            "--steps", "6", "--steps-per-epoch", "2", "--batch-size", "4",
            "--max-regions", "6", "--validation-steps", "1", "--verbose", "0",
@@ -28,7 +28,9 @@ def read_history(out):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.tensorflow_only  # the resume logic is backend-independent Python
+# The resume logic is backend-independent Python: the recipe runs under
+# TensorFlow in its own processes, whichever session starts them (conftest.py).
+@pytest.mark.once
 def test_killed_run_resumes_without_repeating_or_losing_steps(tmp_path):
     data = str(tmp_path / "data")
     write_dataset(data, num_images=60, seed=1, feature_dim=16,

@@ -14,6 +14,10 @@ from keras_interbert.data.region_features import region_dataset
 from keras_interbert.data.synthetic import write_dataset
 from keras_interbert.preprocessing import InterBERTTokenizer
 
+# The pipeline's own checks are the same under every KERAS_BACKEND
+# (conftest.py); feeding its batches to the model is not (every_backend).
+pytestmark = pytest.mark.once
+
 
 @pytest.fixture(scope="module")
 def bundled(tmp_path_factory):
@@ -215,6 +219,7 @@ def test_caption_of_a_missing_image_is_an_error(bundled, tokenizer, tmp_path):
                             PretrainingDataConfig(batch_size=4), split="train")
 
 
+@pytest.mark.every_backend
 def test_batches_feed_the_model_under_this_backend(bundled, tokenizer):
     import keras
     from keras_interbert import InterBERTBackbone

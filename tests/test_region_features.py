@@ -24,6 +24,10 @@ from keras_interbert.data.region_features import scan_region_files
 from keras_interbert.data.region_features import to_backbone_regions
 from keras_interbert.data.region_features import write_captions
 
+# tf.data, numpy and files only: the same under every KERAS_BACKEND
+# (conftest.py).
+pytestmark = pytest.mark.once
+
 D = 8
 C = 5
 H, W = 100, 200

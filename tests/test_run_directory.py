@@ -4,6 +4,10 @@ import pytest
 
 from keras_interbert.utils.run_directory import fresh_run_directory
 
+# tf.data, numpy and files only: the same under every KERAS_BACKEND
+# (conftest.py).
+pytestmark = pytest.mark.once
+
 
 def test_a_new_directory_is_created_and_marked(tmp_path):
     run = tmp_path / "a" / "run"

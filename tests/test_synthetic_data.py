@@ -12,6 +12,10 @@ from keras_interbert.data.synthetic import NUM_CLASSES
 from keras_interbert.data.synthetic import PALETTE
 from keras_interbert.data.synthetic import SHAPES
 
+# tf.data, numpy and files only: the same under every KERAS_BACKEND
+# (conftest.py).
+pytestmark = pytest.mark.once
+
 SIZE = synthetic.DEFAULT_IMAGE_SIZE
 
 # ------------------------------------------------------------------

@@ -21,6 +21,11 @@ from keras_interbert.preprocessing import InterBERTTokenizer
 
 import tokenizer_corpus  # tests/ is on sys.path under pytest
 
+# The ids against the references are computed by tensorflow-text ops, the
+# same under every KERAS_BACKEND (conftest.py); calling the layers, in and
+# out of tf.data, runs in every session (every_backend).
+pytestmark = pytest.mark.once
+
 PRESETS = ("interbert_base_en", "interbert_base_zh")
 
 
@@ -231,6 +236,7 @@ def test_detokenize_matches_transformers(corpora, tokenizers):
     assert [t.decode("utf-8") for t in clean] == text
 
 
+@pytest.mark.every_backend
 def test_scalar_and_batch_inputs(tokenizers, hf_tokenizers):
     tokenizer = tokenizers["interbert_base_en"]
     hf = hf_tokenizers["interbert_base_en"]
@@ -244,6 +250,7 @@ def test_scalar_and_batch_inputs(tokenizers, hf_tokenizers):
         tokenizer(tf.constant([["a", "b"]]))
 
 
+@pytest.mark.every_backend
 def test_works_inside_tf_data_and_a_savedmodel(corpora, tokenizers,
                                                hf_tokenizers):
     tokenizer = tokenizers["interbert_base_zh"]
@@ -273,6 +280,7 @@ def test_works_inside_tf_data_and_a_savedmodel(corpora, tokenizers,
     np.testing.assert_array_equal(served, expected)
 
 
+@pytest.mark.every_backend
 def test_config_and_assets_round_trip(tmp_path):
     tokenizer = InterBERTTokenizer("interbert_base_zh")
     config = tokenizer.get_config()
@@ -409,6 +417,7 @@ def test_retrieval_quirk_cuts_after_packing():
     assert normal["token_ids"].numpy()[0, -1] == 102
 
 
+@pytest.mark.every_backend
 def test_packer_in_tf_data_unbatched_and_dense_inputs():
     packer = InterBERTTextPacker(sequence_length=6)
     dataset = tf.data.Dataset.from_tensor_slices(
