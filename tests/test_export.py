@@ -421,3 +421,21 @@ def test_export_reads_the_model_and_serves_what_predict_gives(tmp_path):
     expected = model.predict(raw, verbose=0)["itm_logits"]
     np.testing.assert_allclose(served["itm_logits"].numpy(), expected,
                                rtol=1e-4, atol=1e-5)
+
+
+def test_serving_task_registry():
+    from keras_interbert.export import serving_task
+    from keras_interbert.export.tasks import register
+    from keras_interbert.export.tasks import serving_tasks
+    from keras_interbert.export.tasks import task_named
+
+    assert sorted(serving_tasks()) == ["matching", "multiple_choice",
+                                       "text_classifier"]
+    assert serving_task(InterBERTRetriever(
+        InterBERTBackbone(**TINY_BACKBONE))) == "matching"
+    with pytest.raises(ValueError, match="already registered"):
+        register(task_named("matching"))
+    with pytest.raises(ValueError, match="registered: "):
+        task_named("vqa")
+    with pytest.raises(Exception, match="registered serving tasks are"):
+        serving_task(InterBERTBackbone(**TINY_BACKBONE))

@@ -1,16 +1,7 @@
 import dataclasses
 
-# Defaults per task: the lengths and slot counts the finetuning pipelines use
-# (retrieval: `RetrievalDataConfig`, text: `TextClassificationDataConfig`,
-# multiple choice: `MultipleChoiceDataConfig` for Q->A).
-TASK_DEFAULTS = {
-    "matching": {"sequence_length": 30, "max_regions": 101,
-                 "truncate_after_packing": True},
-    "text_classifier": {"sequence_length": 128, "max_regions": 0,
-                        "truncate_after_packing": False},
-    "multiple_choice": {"sequence_length": 60, "max_regions": 99,
-                        "truncate_after_packing": False},
-}
+# The defaults of each kind of task (the lengths and slot counts its
+# finetuning pipeline uses) are in its module under export/tasks/.
 
 
 @dataclasses.dataclass
@@ -54,7 +45,10 @@ class ExportOptions:
         option left unset takes the preprocessor's value, and one set to
         another value is refused with both values named.
         """
-        defaults = TASK_DEFAULTS[task]
+        from keras_interbert.export.tasks import task_named
+
+        kind = task_named(task)
+        defaults = kind.defaults
         out = dataclasses.replace(self)
         if preprocessor is not None:
             for key in defaults:
@@ -74,14 +68,15 @@ class ExportOptions:
                 setattr(out, key, value)
         out.sequence_length = int(out.sequence_length)
         out.max_regions = int(out.max_regions)
-        minimum = 4 if task != "matching" else 3
+        minimum = kind.min_sequence_length
         if out.sequence_length < minimum:
             raise ValueError(
                 f"sequence_length must be >= {minimum} for a {task} export; "
                 f"received {out.sequence_length}.")
-        if task != "text_classifier" and out.max_regions < 1:
+        if kind.uses_regions and out.max_regions < 1:
             raise ValueError(
                 f"max_regions must be >= 1; received {out.max_regions}.")
-        if out.text_pairs and task != "text_classifier":
-            raise ValueError("text_pairs applies to text classifiers only.")
+        if out.text_pairs and not kind.accepts_text_pairs:
+            raise ValueError(f"text_pairs does not apply to a {task} export "
+                             "(text classifiers only).")
         return out

@@ -9,22 +9,10 @@ from keras_interbert.export.export_options import ExportOptions
 from keras_interbert.export.image_serving import SCORE_IMAGE_IO
 from keras_interbert.export.image_serving import append_image_warmup
 from keras_interbert.export.image_serving import score_image_signature
-from keras_interbert.export.serving_signatures import matching_signatures
-from keras_interbert.export.serving_signatures import (
-    multiple_choice_signatures,
-)
-from keras_interbert.export.serving_signatures import (
-    text_classifier_signatures,
-)
+from keras_interbert.export.tasks import serving_tasks
+from keras_interbert.export.tasks import task_named
+from keras_interbert.export.tasks import task_of
 from keras_interbert.export.warmup import write_warmup_requests
-from keras_interbert.models.interbert_multiple_choice import (
-    InterBERTMultipleChoice,
-)
-from keras_interbert.models.interbert_pretrainer import InterBERTPretrainer
-from keras_interbert.models.interbert_retriever import InterBERTRetriever
-from keras_interbert.models.interbert_text_classifier import (
-    InterBERTTextClassifier,
-)
 from keras_interbert.models.loading import ModelLoadError
 from keras_interbert.models.loading import check_vocabulary
 from keras_interbert.models.loading import resolve_source
@@ -37,40 +25,19 @@ METADATA_FILE = os.path.join("assets.extra", "interbert_export.json")
 VOCABULARY_FILE = "vocabulary.txt"
 _BUNDLED_BY_SIZE = {30522: "interbert_base_en", 21128: "interbert_base_zh"}
 
-_IMAGE_INPUTS = {
-    "region_features": ("float32", "[batch, regions, image_feature_dim]"),
-    "region_boxes": ("float32", "[batch, regions, 4] pixel x1, y1, x2, y2"),
-    "image_size": ("int32", "[batch, 2] (height, width) in pixels"),
-    "num_regions": ("int32", "[batch] real rows of region_features"),
-}
-_SIGNATURE_IO = {
-    "score": ({"text": ("string", "[batch]"), **_IMAGE_INPUTS},
-              {"match_probability": "[batch]", "itm_logits": "[batch, 2]"}),
-    "embed": ({"text": ("string", "[batch]"), **_IMAGE_INPUTS},
-              {"text_pooled": "[batch, pooled_dim]",
-               "image_pooled": "[batch, pooled_dim]",
-               "fused": "[batch, pooled_dim]"}),
-    "choose": ({"question": ("string", "[batch]"),
-                "options": ("string", "[batch, num_options]"),
-                **_IMAGE_INPUTS},
-               {"logits": "[batch, num_options]",
-                "probabilities": "[batch, num_options]",
-                "choice": "[batch] int32"}),
-}
-
-
 def serving_task(model):
-    """`"matching"`, `"text_classifier"` or `"multiple_choice"` for a model."""
-    if isinstance(model, (InterBERTRetriever, InterBERTPretrainer)):
-        return "matching"
-    if isinstance(model, InterBERTTextClassifier):
-        return "text_classifier"
-    if isinstance(model, InterBERTMultipleChoice):
-        return "multiple_choice"
-    raise ModelLoadError(
-        f"cannot export a {type(model).__name__} for serving: expected an "
-        "InterBERTRetriever or InterBERTPretrainer (scored with its matching "
-        "head), an InterBERTTextClassifier or an InterBERTMultipleChoice.")
+    """The name of the registered serving task (`keras_interbert.export.
+    tasks`) that exports `model`: `"matching"`, `"text_classifier"`,
+    `"multiple_choice"`, ..."""
+    task = task_of(model)
+    if task is None:
+        known = ", ".join(
+            f"{name} ({', '.join(c.__name__ for c in t.model_classes())})"
+            for name, t in serving_tasks().items())
+        raise ModelLoadError(
+            f"cannot export a {type(model).__name__} for serving; the "
+            f"registered serving tasks are {known}.")
+    return task.name
 
 
 def _tokenizer(options, backbone, preprocessor=None):
@@ -103,17 +70,8 @@ def _tokenizer(options, backbone, preprocessor=None):
 
 
 def _signature_io(task, model, options, names):
-    described = dict(_SIGNATURE_IO, score_image=SCORE_IMAGE_IO)
-    if task == "text_classifier":
-        inputs = {"text": ("string", "[batch]")}
-        if options.text_pairs:
-            inputs["text_pair"] = ("string", "[batch]")
-        outputs = ({"logits": "[batch, 1]", "score": "[batch]"}
-                   if model.num_classes == 1 else
-                   {"logits": "[batch, num_classes]",
-                    "probabilities": "[batch, num_classes]",
-                    "class_id": "[batch] int32"})
-        described["classify_text"] = (inputs, outputs)
+    described = dict(task_named(task).describe_signatures(model, options),
+                     score_image=SCORE_IMAGE_IO)
     return {
         name: {"inputs": {k: {"dtype": d, "shape": s}
                           for k, (d, s) in described[name][0].items()},
@@ -188,10 +146,8 @@ def export_for_serving(model, export_dir, options=None, model_name=None,
         options.sequence_length, cls_id=tokenizer.cls_id,
         sep_id=tokenizer.sep_id, pad_id=tokenizer.pad_id,
         truncate_after_packing=options.truncate_after_packing)
-    builder = {"matching": matching_signatures,
-               "text_classifier": text_classifier_signatures,
-               "multiple_choice": multiple_choice_signatures}[task]
-    signatures = builder(model, tokenizer, packer, options)
+    signatures = task_named(task).build_signatures(model, tokenizer, packer,
+                                                   options)
     if image_extractor is not None:
         image_extractor = _image_extractor(image_extractor, task, backbone)
         signatures.update(score_image_signature(
@@ -234,6 +190,7 @@ def _write_export(export_dir, model, source, task, options, backbone,
         archive.write_out(export_dir, verbose=False)
 
     names = list(signatures)
+    uses_regions = task_named(task).uses_regions
     metadata = {
         "format": "keras_interbert.serving",
         "version": 1,
@@ -246,10 +203,8 @@ def _write_export(export_dir, model, source, task, options, backbone,
         "signatures": _signature_io(task, model, options, names),
         "sequence_length": options.sequence_length,
         "truncate_after_packing": options.truncate_after_packing,
-        "max_regions": options.max_regions if task != "text_classifier"
-        else None,
-        "region_slots": options.max_regions + 1 if task != "text_classifier"
-        else 1,
+        "max_regions": options.max_regions if uses_regions else None,
+        "region_slots": options.max_regions + 1 if uses_regions else 1,
         "image_feature_dim": backbone.image_feature_dim,
         "vocabulary_size": backbone.vocabulary_size,
         "lowercase": options.lowercase,

@@ -203,6 +203,19 @@ def pipeline_inputs(export_dir, metadata, inputs, columns=("text",)):
     return x
 
 
+def as_numpy(value):
+    """A backend tensor as float32 numpy (for the Keras references)."""
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(value), np.float32)
+
+
+def softmax(logits):
+    """Softmax over the last axis, in numpy."""
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 def keras_reference(model, export_dir, metadata, signature, inputs,
                     image_extractor=None):
     """The Keras model's outputs for one request (see `pipeline_inputs`).
@@ -210,10 +223,9 @@ def keras_reference(model, export_dir, metadata, signature, inputs,
     Runs under any Keras backend. `score_image` needs `image_extractor`
     (without it nothing is compared): the images go through the Python
     extraction pipeline (`keras_interbert.vision.extract_regions`), then
-    the `score` reference.
+    the `score` reference. Every other signature is answered by its
+    task's `reference` (`keras_interbert.export.tasks`).
     """
-    import keras
-
     if signature == "score_image":
         if image_extractor is None:
             return {}
@@ -224,58 +236,13 @@ def keras_reference(model, export_dir, metadata, signature, inputs,
                 image_extractor, inputs,
                 metadata["image_extractor"]["grid_levels"]))
 
-    backbone = model.backbone
+    from keras_interbert.export.tasks import task_named
 
-    def numpy(value):
-        return np.asarray(keras.ops.convert_to_numpy(value), np.float32)
-
-    def softmax(logits):
-        e = np.exp(logits - logits.max(-1, keepdims=True))
-        return e / e.sum(-1, keepdims=True)
-
-    if signature in ("score", "embed"):
-        x = pipeline_inputs(export_dir, metadata, inputs)
-        features = backbone(x, training=False)
-        text_pooled = numpy(features["text_pooled"])
-        image_pooled = numpy(features["image_pooled"])
-        if signature == "embed":
-            return {"text_pooled": text_pooled, "image_pooled": image_pooled,
-                    "fused": text_pooled * image_pooled}
-        logits = numpy(model(x, training=False)["itm_logits"])
-        return {"itm_logits": logits,
-                "match_probability": softmax(logits)[:, 0]}
-    if signature == "classify_text":
-        columns = ["text"] + (["text_pair"] if "text_pair" in inputs else [])
-        x = pipeline_inputs(export_dir, metadata,
-                            {c: inputs[c] for c in columns}, columns)
-        size = len(inputs["text"])
-        x["region_features"] = np.zeros(
-            (size, 1, metadata["image_feature_dim"]), np.float32)
-        x["region_locations"] = np.zeros((size, 1, 5), np.float32)
-        x["region_mask"] = np.zeros((size, 1), np.int32)
-        logits = numpy(model(x, training=False))
-        if logits.shape[-1] == 1:
-            return {"logits": logits, "score": logits[:, 0]}
-        return {"logits": logits, "probabilities": softmax(logits),
-                "class_id": logits.argmax(-1).astype(np.int32)}
-    if signature == "choose":
-        size, count = inputs["options"].shape
-        x = pipeline_inputs(
-            export_dir, metadata,
-            {"question": np.repeat(inputs["question"], count),
-             "options": inputs["options"].reshape(-1)},
-            ("question", "options"))
-        x = {k: v.reshape(size, count, -1) for k, v in x.items()}
-        image = {k: v for k, v in inputs.items()
-                 if k not in ("question", "options")}
-        image["text"] = inputs["question"]
-        regions = pipeline_inputs(export_dir, metadata, image)
-        for name in ("region_features", "region_locations", "region_mask"):
-            x[name] = np.repeat(regions[name][:, None], count, axis=1)
-        logits = numpy(model(x, training=False))
-        return {"logits": logits, "probabilities": softmax(logits),
-                "choice": logits.argmax(-1).astype(np.int32)}
-    raise ValueError(f"unknown signature {signature!r}")
+    task = task_named(metadata["task"])
+    if signature not in metadata["signatures"]:
+        raise ValueError(f"unknown signature {signature!r}; the export has "
+                         f"{sorted(metadata['signatures'])}.")
+    return task.reference(model, export_dir, metadata, signature, inputs)
 
 
 def _check_report(report, metadata, problems):
