@@ -130,13 +130,14 @@ def load_preset(preset_dir):
 
 
 def _load_preprocessor(preset_dir):
-    from keras_interbert import preprocessing
+    import keras_interbert  # noqa: F401  (registers every class)
+    from keras_interbert.preprocessing import InterBERTPreprocessor
 
     path = os.path.join(preset_dir, "preprocessor.json")
     name = read_json(path, "preprocessor config").get("class_name")
-    cls = getattr(preprocessing, str(name), None)
-    if not (isinstance(cls, type)
-            and issubclass(cls, preprocessing.InterBERTPreprocessor)):
+    # Any registered preprocessor class, wherever it is defined.
+    cls = keras.saving.get_registered_object(f"keras_interbert>{name}")
+    if not (isinstance(cls, type) and issubclass(cls, InterBERTPreprocessor)):
         raise ValueError(f"{path}: unknown preprocessor class {name!r}.")
     return cls.from_preset(preset_dir)
 
