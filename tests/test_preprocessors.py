@@ -270,3 +270,52 @@ def test_text_classifier_preprocessor_packs_pairs_with_an_empty_image(
                                                  image_feature_dim=dim + 1)
     with pytest.raises(ValueError, match="image slots"):
         InterBERTTextClassifier(backbone, num_classes=3, preprocessor=narrow)
+
+
+def test_multiple_choice_preprocessor_and_task(tmp_path):
+    from keras_interbert import InterBERTMultipleChoice
+    from keras_interbert.preprocessing import (
+        InterBERTMultipleChoicePreprocessor)
+
+    tokenizer = InterBERTTokenizer(vocabulary=VOCABULARY)
+    preprocessor = InterBERTMultipleChoicePreprocessor(
+        tokenizer, num_options=3, sequence_length=7, max_regions=2)
+    raw = _raw(np.random.default_rng(6), batch=2)
+    raw = {"question": raw.pop("text"),
+           "options": np.array([["a dog", "a cat", "the beach"],
+                                ["red", "ball", "a red ball on the beach"]]),
+           **raw}
+    x = preprocessor(raw)
+    assert np.asarray(x["token_ids"]).shape == (2, 3, 7)
+    assert np.asarray(x["region_mask"]).shape == (2, 3, 3)
+    ids = {t: i for i, t in enumerate(VOCABULARY)}
+    # "a dog on the beach" + "the beach", longest first to 7 - 3 = 4 pieces.
+    np.testing.assert_array_equal(
+        np.asarray(x["token_ids"])[0, 2],
+        [ids[t] for t in ["[CLS]", "a", "dog", "[SEP]", "the", "beach",
+                          "[SEP]"]])
+    # Every option row of a question sees the question's image.
+    regions = InterBERTRegionPacker(2)(
+        raw["region_features"], raw["region_boxes"], raw["image_size"],
+        raw["num_regions"])
+    for o in range(3):
+        np.testing.assert_array_equal(
+            np.asarray(x["region_features"])[:, o],
+            np.asarray(regions["region_features"]))
+    with pytest.raises(ValueError, match=r"\[batch, 3\] string"):
+        preprocessor(dict(raw, options=raw["options"][:, :2]))
+
+    backbone = InterBERTBackbone(**dict(TINY_BACKBONE,
+                                        vocabulary_size=len(VOCABULARY)))
+    with pytest.raises(ValueError, match="3 options per question"):
+        InterBERTMultipleChoice(backbone, num_options=4,
+                                preprocessor=preprocessor)
+    model = InterBERTMultipleChoice(backbone, num_options=3,
+                                    preprocessor=preprocessor)
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_allclose(model.predict(raw, verbose=0), expected,
+                               rtol=1e-5, atol=1e-6)
+    path = str(tmp_path / "choice.keras")
+    model.save(path)
+    np.testing.assert_allclose(keras.saving.load_model(path).predict(
+        raw, verbose=0), expected, rtol=1e-5, atol=1e-6)

@@ -107,6 +107,11 @@ class BackboneTask(FunctionalBase):
                 f"{type(self).__name__}: the preprocessor's vocabulary has "
                 f"{size} word pieces, the backbone's embedding table "
                 f"{expected}; they must be the same vocabulary.")
+        options = getattr(self.preprocessor, "num_options", None)
+        if options is not None and options != self.num_options:
+            raise ValueError(
+                f"{type(self).__name__}: the preprocessor gives {options} "
+                f"options per question, the model scores {self.num_options}.")
         width = getattr(self.preprocessor, "image_feature_dim", None)
         if width is not None and width != self.backbone.image_feature_dim:
             raise ValueError(

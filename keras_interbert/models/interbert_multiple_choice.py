@@ -36,6 +36,9 @@ class InterBERTMultipleChoice(BackboneTask):
     Args:
         backbone: an `InterBERTBackbone`.
         num_options: options per question (4).
+        preprocessor: optional `InterBERTMultipleChoicePreprocessor`; with
+            it, `fit`, `evaluate` and `predict` take raw questions, options
+            and detector outputs, and it is saved in the `.keras` file.
         dropout: dropout on the fused vector.
         dtype: dtype policy of the head.
 
@@ -48,8 +51,8 @@ class InterBERTMultipleChoice(BackboneTask):
     ```
     """
 
-    def __init__(self, backbone, num_options=4, dropout=0.1, dtype=None,
-                 **kwargs):
+    def __init__(self, backbone, num_options=4, dropout=0.1, preprocessor=None,
+                 dtype=None, **kwargs):
         # === Layers ===
         self.backbone = backbone
         self.merge_options = MergeOptions(dtype=dtype, name="merge_options")
@@ -78,6 +81,7 @@ class InterBERTMultipleChoice(BackboneTask):
         # === Config ===
         self.num_options = num_options
         self.dropout = dropout
+        self.set_preprocessor(preprocessor)
 
     def _image_feature_dim(self):
         return self.backbone.image_feature_dim

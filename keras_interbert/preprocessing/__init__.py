@@ -5,5 +5,7 @@ from keras_interbert.preprocessing.region_packer import InterBERTRegionPacker
 from keras_interbert.preprocessing.retriever_preprocessor import (
     InterBERTRetrieverPreprocessor)
 from keras_interbert.preprocessing.preprocessor_base import InterBERTPreprocessor
+from keras_interbert.preprocessing.multiple_choice_preprocessor import (
+    InterBERTMultipleChoicePreprocessor)
 from keras_interbert.preprocessing.text_classifier_preprocessor import (
     InterBERTTextClassifierPreprocessor)
