@@ -42,6 +42,18 @@ def parse_args(argv=None):
     data.add_argument("--max-regions", type=int, default=36)
     data.add_argument("--msm", choices=("span", "token"), default="span")
     data.add_argument("--mrm", choices=("group", "random"), default="group")
+    data.add_argument("--mrm-targets", default="auto",
+                      choices=("auto", "class_probs", "one_hot", "confidence"),
+                      help="Masked-region targets: the stored class_probs; "
+                      "one-hot over the detector's classes from its class "
+                      "ids (LXMERT's objects_id); the same scaled by the "
+                      "detector's confidence (objects_conf); auto (default): "
+                      "class_probs, else one-hot, else masked region "
+                      "modelling is off, said in one line at the start.")
+    data.add_argument("--num-object-classes", type=int, default=None,
+                      help="Class count of the detector's class ids (1600 for "
+                      "Visual Genome bottom-up-attention features), when the "
+                      "region manifest does not state it.")
     model = p.add_argument_group("model")
     model.add_argument("--preset", default=None,
                        help="Start from this preset (random weights). Default: "
@@ -165,12 +177,16 @@ def build_model(args, feature_dim, num_classes):
             raise SystemExit(f"--init {args.init}: not an InterBERTPretrainer "
                              f"(found {type(model).__name__}).")
         widths = (model.backbone.image_feature_dim, model.num_region_classes)
+        if num_classes is None:  # no region targets: any head will do
+            num_classes = model.num_region_classes
         if widths != (feature_dim, num_classes):
             raise SystemExit(
                 f"--init {args.init}: the model takes {widths[0]}-d region "
                 f"features and {widths[1]} region classes; the data has "
                 f"{feature_dim} and {num_classes}.")
         return model
+    # Without region targets the region head is never trained: one class.
+    num_classes = num_classes or 1
     if args.bert:
         from keras_interbert.convert import convert_bert
 
@@ -204,8 +220,11 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     keras.config.set_dtype_policy(args.mixed_precision)
 
+    from keras_interbert.data.errors import RegionDataError
     from keras_interbert.data.pretraining_pipeline import PretrainingDataConfig
     from keras_interbert.data.pretraining_pipeline import pretraining_dataset
+    from keras_interbert.data.pretraining_pipeline import resolve_mrm_targets
+    from keras_interbert.data.region_features import MANIFEST_NAME
     from keras_interbert.data.region_features import read_manifest
     from keras_interbert.models.loading import check_vocabulary
     from keras_interbert.optimizers import BERT_INITIALISED_PATTERNS
@@ -229,11 +248,34 @@ def main(argv=None):
     data = args.data or ensure_bundled_data(args)
     regions = os.path.join(data, "regions")
     captions = args.captions or os.path.join(data, f"captions_{args.language}.jsonl")
-    manifest = read_manifest(regions) or {}
-    feature_dim, num_classes = manifest.get("feature_dim"), manifest.get("num_classes")
-    if feature_dim is None or num_classes is None:
-        raise SystemExit(f"{regions}: no manifest with feature_dim and "
-                         "num_classes; pretraining needs class_probs.")
+    try:
+        manifest = read_manifest(regions)
+        if manifest is None:
+            raise SystemExit(
+                f"{regions}: no {MANIFEST_NAME}; --data must hold a region "
+                "folder written by `python -m keras_interbert.data.convert` "
+                "(see docs/your-data.md).")
+        feature_dim = manifest.get("feature_dim")
+        if feature_dim is None:
+            raise SystemExit(f"{os.path.join(regions, MANIFEST_NAME)}: no "
+                             "feature_dim (the folder holds no converted "
+                             "split).")
+        # --mrm-weight 0 trains no region targets, so it never needs them.
+        targets = resolve_mrm_targets(
+            regions, split="train", targets=args.mrm_targets,
+            num_object_classes=args.num_object_classes,
+            required=args.mrm_weight > 0)
+    except (RegionDataError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    mrm_weight = args.mrm_weight
+    if not targets.enabled:
+        if mrm_weight > 0:
+            print(f"Masked region modelling is off: {targets.description}; "
+                  "pretraining trains MSM and ITM only.", flush=True)
+        mrm_weight = 0.0
+    elif mrm_weight > 0:
+        print(f"MRM targets: {targets.description}.", flush=True)
+    num_classes = targets.num_classes
     tokenizer = InterBERTTokenizer.from_preset(f"interbert_base_{args.language}")
 
     scope, replicas = make_strategy(args.strategy)
@@ -255,14 +297,15 @@ def main(argv=None):
             ] if args.head_learning_rate_multiplier != 1.0 else [])
         jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile.lower()]
         model.compile(optimizer=optimizer, msm_weight=args.msm_weight,
-                      mrm_weight=args.mrm_weight, itm_weight=args.itm_weight,
+                      mrm_weight=mrm_weight, itm_weight=args.itm_weight,
                       itc_weight=args.itc_weight, jit_compile=jit)
 
     def data_config(**overrides):
         return PretrainingDataConfig(**dict(dict(
             sequence_length=args.sequence_length, max_regions=args.max_regions,
             batch_size=args.batch_size, msm=args.msm, mrm=args.mrm,
-            itc=args.itc_weight > 0, seed=args.seed), **overrides))
+            itc=args.itc_weight > 0, seed=args.seed, mrm_targets=targets.kind,
+            num_object_classes=args.num_object_classes), **overrides))
 
     train = pretraining_dataset(regions, captions, tokenizer,
                                 data_config(repeat=True), split="train")
@@ -315,6 +358,8 @@ def main(argv=None):
         "seconds_this_attempt": round(elapsed, 1),
         "model": final,
         "data": data,
+        "mrm_targets": (targets.description if targets.enabled and mrm_weight
+                        else "off"),
         "final": {k: v[-1] for k, v in history.items() if k != "epoch"},
         "first": {k: v[0] for k, v in history.items() if k != "epoch"},
     }

@@ -17,7 +17,10 @@ one example with one of its captions (or one example per caption):
    80/10/10 replacement;
 4. masked region modelling: overlapping groups (`mrm="group"`: each real
    region w.p. 0.1 zeroes every region with IoU >= 0.4) or per region
-   (`mrm="random"`); targets are the stored class distributions;
+   (`mrm="random"`); targets are the stored class distributions, or, for
+   files that hold only the detector's class ids (LXMERT's `objects_id`),
+   one-hot (optionally confidence-weighted) distributions built from them,
+   or none (see `resolve_mrm_targets`);
 5. the global image slot is the mean of the (masked) region features, as the
    original pretraining code does (`global_feature="masked_mean"`), or of the
    unmasked ones (`"unmasked_mean"`, the finetuning rule).
@@ -34,9 +37,12 @@ example draws the same whichever batch it lands in, and each epoch (with
 `msm_labels`, `msm_weights`, `mrm_targets`, `mrm_weights`, `itm_labels`.
 `mrm_targets` holds every slot's stored class distribution (float16, as
 stored; the loss works in float32); only the slots with `mrm_weights` 1.0
-(the zeroed regions) are targets.
+(the zeroed regions) are targets. Without targets (`mrm_targets="none"`)
+the regions are masked all the same and `y` holds no `mrm_targets` or
+`mrm_weights` (train with `mrm_weight=0`).
 """
 import dataclasses
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -50,6 +56,9 @@ from keras_interbert.data.region_features import region_dims
 from keras_interbert.data.region_features import region_files
 from keras_interbert.data.region_features import region_image_ids
 from keras_interbert.data.region_features import region_locations
+from keras_interbert.data.region_features import region_object_classes
+
+MRM_TARGETS = ("auto", "class_probs", "one_hot", "confidence", "none")
 
 
 @dataclasses.dataclass
@@ -93,6 +102,14 @@ class PretrainingDataConfig:
             image-text contrastive task encodes alone.
         repeat: repeat the data indefinitely (new masks every pass).
         drop_remainder: drop a final partial batch (fixed shapes).
+        mrm_targets: where the masked-region targets come from (see
+            `resolve_mrm_targets`): `"auto"` (the stored `class_probs`, else
+            one-hot distributions from the detector's class ids, else none),
+            `"class_probs"`, `"one_hot"`, `"confidence"` (the one-hot
+            distribution scaled by the detector's confidence in that class)
+            or `"none"`.
+        num_object_classes: the detector's class count for targets built
+            from class ids, when the region manifest does not state it.
     """
 
     sequence_length: int = 36
@@ -116,11 +133,14 @@ class PretrainingDataConfig:
     itc: bool = False
     repeat: bool = False
     drop_remainder: bool = True
+    mrm_targets: str = "auto"
+    num_object_classes: int = None
 
     def validate(self):
         choices = {"msm": ("span", "token"), "mrm": ("group", "random"),
                    "global_feature": ("masked_mean", "unmasked_mean"),
-                   "captions_per_image": ("one", "all")}
+                   "captions_per_image": ("one", "all"),
+                   "mrm_targets": MRM_TARGETS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
@@ -201,14 +221,133 @@ def _uniform_below(u, limit):
     return tf.cast(tf.floor(u * tf.cast(limit, tf.float64)), tf.int64)
 
 
-class _Source:
-    """What `_prepare` found: shard paths, caption index, widths."""
+@dataclasses.dataclass(frozen=True)
+class MRMTargets:
+    """Where masked-region targets come from, as `resolve_mrm_targets` found.
 
-    def __init__(self, paths, index, feature_dim, num_classes, uncaptioned):
+    Attributes:
+        kind: `"class_probs"`, `"one_hot"`, `"confidence"` or `"none"`.
+        num_classes: the targets' width C (the model's `num_region_classes`),
+            None for `"none"`.
+        description: what the targets are, or why there are none (a
+            phrase, e.g. for "MRM targets: ..." or "MRM is off: ...").
+    """
+
+    kind: str
+    num_classes: int
+    description: str
+
+    @property
+    def enabled(self):
+        return self.kind != "none"
+
+
+def resolve_mrm_targets(regions, split=None, targets="auto",
+                        num_object_classes=None, required=True):
+    """Which masked-region targets the region files can give.
+
+    In order of preference (`targets="auto"`): the stored `class_probs`
+    (the detector's class distributions, e.g. 1601-way for bottom-up
+    features); one-hot distributions over `num_object_classes` classes
+    built from the detector's class ids (`object_ids`, LXMERT's
+    `objects_id`); none, and masked region modelling is off.
+
+    Args:
+        regions: a canonical region folder, glob or shard paths.
+        split: the split of a folder.
+        targets: `"auto"`, `"class_probs"`, `"one_hot"`, `"confidence"`
+            (one-hot scaled by the detector's confidence, `object_confs`) or
+            `"none"`.
+        num_object_classes: the class count of the ids; needed when the
+            manifest does not state it, checked against it when it does.
+        required: with `targets="auto"`, raise when the files hold class ids
+            but no class count is known (False: give `"none"` instead, for a
+            run that does not train masked region modelling).
+
+    Returns:
+        An `MRMTargets`.
+
+    Raises:
+        RegionDataError: naming the region files and what they lack, when
+            the targets asked for cannot be built.
+    """
+    if targets not in MRM_TARGETS:
+        raise ValueError(f"targets must be one of {list(MRM_TARGETS)}; "
+                         f"received {targets!r}.")
+    where = os.fspath(regions) if isinstance(regions, (str, os.PathLike)) \
+        else f"{len(regions)} region files"
+    if targets == "none":
+        return MRMTargets("none", None, "no targets asked for")
+    paths = region_files(regions, split)
+    _, num_classes = region_dims(paths)
+    objects = region_object_classes(paths)
+    stated = objects["num_object_classes"]
+    if num_object_classes is not None:
+        num_object_classes = int(num_object_classes)
+        if stated is not None and stated != num_object_classes:
+            raise RegionDataError(
+                f"num_object_classes {num_object_classes} was given, but the "
+                f"region manifest states {stated}.", where,
+                kind="num_object_classes")
+    count = num_object_classes if num_object_classes is not None else stated
+    holds = ("class_probs" if num_classes is not None else
+             "detector class ids (object_ids) but no class_probs"
+             if objects["object_ids"] else
+             "neither class_probs nor detector class ids (object_ids)")
+    no_count = (
+        "the files hold detector class ids (object_ids) but no class count: "
+        "state it with --num-object-classes (1600 for Visual Genome "
+        "bottom-up-attention features) when converting or pretraining")
+
+    if targets == "auto":
+        if num_classes is not None:
+            targets = "class_probs"
+        elif objects["object_ids"] and (count is not None or required):
+            targets = "one_hot"
+        else:
+            reason = (no_count if objects["object_ids"] else
+                      f"the region files hold {holds}")
+            return MRMTargets("none", None, f"{reason} ({where})")
+    if targets == "class_probs":
+        if num_classes is None:
+            raise RegionDataError(
+                f"masked region targets from class_probs were asked for, but "
+                f"the region files hold {holds}.", where,
+                kind="no_class_probs")
+        return MRMTargets("class_probs", int(num_classes),
+                          f"the stored {num_classes}-way class distributions "
+                          "(class_probs)")
+    if not objects["object_ids"]:
+        raise RegionDataError(
+            f"masked region targets from detector class ids ({targets}) were "
+            f"asked for, but the region files hold {holds}.", where,
+            kind="no_object_ids")
+    if count is None:
+        raise RegionDataError(no_count + ".", where,
+                              kind="no_num_object_classes")
+    if targets == "confidence":
+        if not objects["object_confs"]:
+            raise RegionDataError(
+                "confidence-weighted masked region targets need the "
+                "detector's confidences (object_confs, LXMERT's objects_conf); "
+                "the region files hold class ids without them.", where,
+                kind="no_object_confs")
+        return MRMTargets("confidence", count, (
+            f"one-hot over {count} detector classes from object_ids, scaled "
+            "by object_confs"))
+    return MRMTargets("one_hot", count, (
+        f"one-hot over {count} detector classes from object_ids"))
+
+
+class _Source:
+    """What `_prepare` found: shard paths, caption index, widths, targets."""
+
+    def __init__(self, paths, index, feature_dim, targets, uncaptioned):
         self.paths = paths
         self.index = index
         self.feature_dim = feature_dim
-        self.num_classes = num_classes
+        self.targets = targets
+        self.num_classes = targets.num_classes
         # Some images have no caption (of this split): drop their records.
         self.uncaptioned = uncaptioned
 
@@ -230,7 +369,7 @@ def pretraining_dataset(regions, captions, tokenizer, config=None, split=None):
     """
     config = config or PretrainingDataConfig()
     config.validate()
-    source = _prepare(regions, captions, split)
+    source = _prepare(regions, captions, split, config)
     if config.bucket_lengths:
         ds = _bucketed(_example_batches(source, tokenizer, config,
                                         config.batch_size, False).unbatch(),
@@ -258,17 +397,20 @@ def pretraining_examples(regions, captions, tokenizer, config=None, split=None):
     (`token_ids` `[T]`, `length`), the region slots after region masking
     (`region_features`, `region_locations`, `region_mask`, `[R+1, ...]`) and
     the region targets over all slots: `mrm_weights` `[R+1]` (1.0 at a
-    zeroed region) and `mrm_targets` `[R+1, C]` (the stored distributions,
-    zero at slot 0 and padding). An example gets the same draws here as in
-    `pretraining_dataset` with the same config. For inspection and tests.
+    zeroed region) and `mrm_targets` `[R+1, C]` (the target distributions,
+    zero at slot 0 and padding; absent without targets). An example gets the
+    same draws here as in `pretraining_dataset` with the same config. For
+    inspection and tests.
     """
     config = config or PretrainingDataConfig()
     config.validate()
-    source = _prepare(regions, captions, split)
+    source = _prepare(regions, captions, split, config)
     R = config.max_regions
 
     def dense_targets(batch):
         batch = dict(batch)
+        if "class_probs" not in batch:
+            return batch
         probs = batch.pop("class_probs")
         batch["mrm_targets"] = tf.pad(
             probs, [[0, 0], [1, R - tf.shape(probs)[1]], [0, 0]])
@@ -278,23 +420,22 @@ def pretraining_examples(regions, captions, tokenizer, config=None, split=None):
     return ds.map(dense_targets).unbatch(), source.index
 
 
-def _prepare(regions, captions, split):
-    if isinstance(captions, str):
+def _prepare(regions, captions, split, config):
+    caption_path = None
+    if isinstance(captions, (str, os.PathLike)):
+        caption_path = os.fspath(captions)
         captions = read_captions(captions)
     if split is not None:
         captions = [c for c in captions if c.get("split", split) == split]
     paths = region_files(regions, split)
     image_ids = region_image_ids(paths)
-    check_captions_against_images(captions, set(image_ids))
-    feature_dim, num_classes = region_dims(paths)
-    if num_classes is None:
-        raise RegionDataError(
-            "pretraining needs per-region class distributions (class_probs) "
-            "as masked-region targets; the region files have none.",
-            path=str(regions), kind="no_class_probs")
+    check_captions_against_images(captions, set(image_ids), path=caption_path)
+    feature_dim, _ = region_dims(paths)
+    targets = resolve_mrm_targets(paths, targets=config.mrm_targets,
+                                  num_object_classes=config.num_object_classes)
     index = CaptionIndex(captions, image_ids)
     uncaptioned = bool(set(image_ids) - set(index.image_ids))
-    return _Source(paths, index, feature_dim, num_classes, uncaptioned)
+    return _Source(paths, index, feature_dim, targets, uncaptioned)
 
 
 def _image_id(serialized):
@@ -353,10 +494,23 @@ def _example_batch(position, item, source, tokenizer, config):
     else:  # one example per image per pass, with one of its captions
         serialized, caption_index = item, tf.fill(tf.shape(position),
                                                   tf.constant(-1, tf.int64))
+    kind = source.targets.kind
+    from_ids = kind in ("one_hot", "confidence")
     parsed = parse_region_batch(
-        serialized, source.feature_dim, source.num_classes,
+        serialized, source.feature_dim,
+        source.num_classes if kind == "class_probs" else None,
         max_regions=config.max_regions, features_dtype=tf.float32,
-        class_probs_dtype=tf.float16)
+        class_probs_dtype=tf.float16, object_ids=from_ids,
+        object_confs=kind == "confidence",
+        num_object_classes=source.num_classes if from_ids else None)
+    if from_ids:
+        # Padding rows have id -1, whose one-hot row is zero.
+        probs = tf.one_hot(parsed.pop("object_ids"), source.num_classes,
+                           dtype=tf.float16)
+        if kind == "confidence":
+            probs *= tf.cast(parsed.pop("object_confs"),
+                             tf.float16)[..., tf.newaxis]
+        parsed["class_probs"] = probs
     image_index = index.lookup(parsed["image_id"])
     count = tf.gather(index.count, image_index)
     drawn = tf.gather(index.start, image_index) + _uniform_below(
@@ -432,14 +586,16 @@ def _region_slots(parsed, seeds, config):
     region_locs = tf.concat([
         tf.tile(tf.constant([[[0.0, 0.0, 1.0, 1.0, 1.0]]]), [size, 1, 1]),
         locations, tf.zeros(tf.stack([size, pad, 5]))], axis=1)
-    return {
+    out = {
         "region_features": tf.ensure_shape(region_features,
                                            [None, R + 1, feature_dim]),
         "region_locations": tf.ensure_shape(region_locs, [None, R + 1, 5]),
         "region_mask": tf.sequence_mask(kept + 1, R + 1, dtype=tf.int32),
         "mrm_weights": tf.pad(tf.cast(targets, tf.float32), [[0, 0], [1, pad]]),
-        "class_probs": parsed["class_probs"],
     }
+    if "class_probs" in parsed:
+        out["class_probs"] = parsed["class_probs"]
+    return out
 
 
 def _bucketed(ds, config):
@@ -491,10 +647,13 @@ def _finish_batch(batch, tokenizer, config):
         x["msm_positions"] = order
         msm_labels = tf.gather(msm_labels, order, batch_dims=1)
         msm_weights = tf.gather(msm_weights, order, batch_dims=1)
-    mrm_targets, mrm_weights, mrm_positions = _region_targets(
-        batch["mrm_weights"], batch["class_probs"], config)
-    if mrm_positions is not None:
-        x["mrm_positions"] = mrm_positions
+    y = {}
+    if "class_probs" in batch:
+        mrm_targets, mrm_weights, mrm_positions = _region_targets(
+            batch["mrm_weights"], batch["class_probs"], config)
+        if mrm_positions is not None:
+            x["mrm_positions"] = mrm_positions
+        y = {"mrm_targets": mrm_targets, "mrm_weights": mrm_weights}
     if config.itc:
         x["itc_token_ids"] = token_ids
     x.update({
@@ -508,8 +667,7 @@ def _finish_batch(batch, tokenizer, config):
     y = {
         "msm_labels": msm_labels,
         "msm_weights": msm_weights,
-        "mrm_targets": mrm_targets,
-        "mrm_weights": mrm_weights,
+        **y,
         "itm_labels": batch["itm_labels"],
     }
     return x, y

@@ -271,6 +271,64 @@ def validate_region_record(
     )
 
 
+def validate_object_classes(object_ids, object_confs, num_boxes,
+                            num_object_classes=None, path=None, record=None):
+    """Check an image's detector class ids and confidences, one per region.
+
+    `object_ids` are the detector's class indices (LXMERT's `objects_id`,
+    vilbert's `objects`): whole numbers >= 0, below `num_object_classes`
+    when it is given. `object_confs` are its confidences for those classes
+    (`objects_conf`): finite and in [0, 1]. Either may be `None`.
+
+    Returns:
+        `(int64 [N] or None, float32 [N] or None)`.
+    """
+    out = []
+    for name, values in (("object_ids", object_ids),
+                         ("object_confs", object_confs)):
+        if values is None:
+            out.append(None)
+            continue
+        try:
+            array = np.asarray(values, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise RegionDataError(
+                f"{name} is not a numeric array ({e}).", path, record,
+                kind="bad_object_classes") from None
+        if array.shape[0] != num_boxes:
+            raise RegionDataError(
+                f"{name} holds {array.shape[0]} values for num_boxes="
+                f"{num_boxes} regions; one per region is needed.", path,
+                record, kind="bad_object_classes")
+        if not np.all(np.isfinite(array)):
+            raise RegionDataError(
+                f"{name} contain NaN or infinite values.", path, record,
+                kind="bad_object_classes")
+        if name == "object_ids":
+            bad = (array < 0) | (array != np.round(array))
+            if num_object_classes is not None:
+                bad |= array >= num_object_classes
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                limit = ("" if num_object_classes is None else
+                         f" below num_object_classes={num_object_classes}")
+                raise RegionDataError(
+                    f"object_ids must be whole numbers >= 0{limit}; region "
+                    f"{row} has {array[row]:g} ({int(bad.sum())} bad).", path,
+                    record, kind="bad_object_classes")
+            out.append(array.astype(np.int64))
+        else:
+            bad = (array < 0) | (array > 1)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise RegionDataError(
+                    f"object_confs must lie in [0, 1]; region {row} has "
+                    f"{array[row]:g}.", path, record,
+                    kind="bad_object_classes")
+            out.append(array.astype(np.float32))
+    return tuple(out)
+
+
 def _bytes_feature(values):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
 
@@ -284,7 +342,8 @@ def _float_feature(values):
 
 
 def serialize_region_example(image_id, image_h, image_w, boxes, features,
-                             class_probs=None):
+                             class_probs=None, object_ids=None,
+                             object_confs=None):
     """Serialize already-validated arrays (see `validate_region_record`)."""
     feature = {
         "image_id": _bytes_feature([image_id.encode("utf-8")]),
@@ -298,6 +357,12 @@ def serialize_region_example(image_id, image_h, image_w, boxes, features,
         feature["class_probs"] = _bytes_feature(
             [class_probs.astype("<f2").tobytes()]
         )
+    if object_ids is not None:
+        feature["object_ids"] = _int_feature(
+            np.asarray(object_ids, np.int64).tolist())
+    if object_confs is not None:
+        feature["object_confs"] = _float_feature(
+            np.asarray(object_confs, np.float32).tolist())
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     return example.SerializeToString()
 
@@ -334,6 +399,29 @@ def _manifest_binding(manifest, split):
     if not others:
         return None
     return manifest["feature_dim"], manifest.get("num_classes"), others
+
+
+def _object_class_binding(manifest, split, num_object_classes, directory):
+    """The class count of `split`'s object ids, checked against the folder.
+
+    The other splits of a folder bind it, as they bind the widths.
+    """
+    if num_object_classes is not None:
+        num_object_classes = int(num_object_classes)
+        if num_object_classes < 1:
+            raise ValueError("num_object_classes must be >= 1; received "
+                             f"{num_object_classes}.")
+    stated = (manifest or {}).get("num_object_classes")
+    others = sorted(s for s in (manifest or {}).get("splits", {}) if s != split)
+    if stated is None or not others:
+        return num_object_classes
+    if num_object_classes is not None and num_object_classes != stated:
+        raise RegionDataError(
+            f"num_object_classes {num_object_classes} differs from the "
+            f"manifest's num_object_classes {stated} (splits {others}); write "
+            "to another folder.", os.path.join(directory, MANIFEST_NAME),
+            kind="num_object_classes")
+    return int(stated)
 
 
 def _write_json_atomic(path, data):
@@ -398,6 +486,13 @@ class RegionFeatureWriter:
         overwrite: replace this split's shards if they already exist;
             otherwise existing shards for `split` raise `FileExistsError`.
         box_tolerance: how many pixels a box may stick out of the image.
+        num_object_classes: the detector's class count, when images come
+            with `object_ids` (e.g. 1600 for Visual Genome bottom-up
+            features): every id must lie below it, and the manifest records
+            it, which lets pretraining build masked-region targets from the
+            ids. `None` takes it from the manifest's other splits, else
+            leaves it unstated. Either all images of a split have
+            `object_ids` (and `object_confs`) or none.
 
     Examples:
 
@@ -422,6 +517,7 @@ class RegionFeatureWriter:
         report=None,
         overwrite=False,
         box_tolerance=0.0,
+        num_object_classes=None,
     ):
         if not split or not isinstance(split, str) or os.sep in split:
             raise ValueError(
@@ -464,6 +560,12 @@ class RegionFeatureWriter:
             self._expect_probs = True if num_classes is not None else None
         self.feature_dim = feature_dim
         self.num_classes = num_classes
+        self.num_object_classes = _object_class_binding(
+            self._manifest, split, num_object_classes, self.directory)
+        # Whether the images carry object_ids / object_confs: set by the
+        # first image written, then required of every other one.
+        self._expect_ids = None
+        self._expect_confs = None
 
         # This split's shards are exactly those its manifest entry lists
         # (`train-*.tfrecord` would also match `train-extra`'s), plus any
@@ -500,7 +602,8 @@ class RegionFeatureWriter:
         return False
 
     def write(self, image_id, image_h, image_w, boxes, features,
-              class_probs=None, source=None):
+              class_probs=None, source=None, object_ids=None,
+              object_confs=None):
         """Validate and append one image; returns `False` if it was skipped.
 
         Args:
@@ -512,6 +615,9 @@ class RegionFeatureWriter:
             class_probs: optional `[N, C]` float, stored as float16.
             source: `(path, record)` of the input this image comes from, used
                 in error messages.
+            object_ids: optional `[N]` detector class ids (whole numbers >= 0,
+                below `num_object_classes` when stated).
+            object_confs: optional `[N]` detector confidences in [0, 1].
         """
         if self._closed:
             raise RuntimeError("write() on a closed RegionFeatureWriter.")
@@ -531,10 +637,27 @@ class RegionFeatureWriter:
                     f"{self.split!r}.", path, _record_name(values[0], record),
                     kind="duplicate_image_id",
                 )
+            where = _record_name(values[0], record)
+            ids, confs = validate_object_classes(
+                object_ids, object_confs, values[3].shape[0],
+                self.num_object_classes, path, where)
+            for name, given, expected in (
+                    ("object_ids", ids, self._expect_ids),
+                    ("object_confs", confs, self._expect_confs)):
+                if expected is not None and (given is not None) != expected:
+                    raise RegionDataError(
+                        f"{name} {'missing' if expected else 'given'}: the "
+                        f"first image of split {self.split!r} "
+                        f"{'had' if expected else 'had no'} {name}; all "
+                        "images must agree.", path, where,
+                        kind="object_classes_mismatch")
         except RegionDataError as e:
             self._handler.handle(e)
             return False
         image_id, image_h, image_w, boxes, features, probs = values
+        if self._expect_ids is None:
+            self._expect_ids = ids is not None
+            self._expect_confs = confs is not None
         if self.feature_dim is None:
             self.feature_dim = int(features.shape[1])
         if self._expect_probs is None:
@@ -544,7 +667,7 @@ class RegionFeatureWriter:
         if self._writer is None:
             self._open_shard()
         self._writer.write(serialize_region_example(
-            image_id, image_h, image_w, boxes, features, probs
+            image_id, image_h, image_w, boxes, features, probs, ids, confs
         ))
         self._shard_examples += 1
         self._shard_boxes += int(boxes.shape[0])
@@ -552,6 +675,22 @@ class RegionFeatureWriter:
         if self._shard_examples >= self.examples_per_shard:
             self._finish_shard()
         return True
+
+    def match_layout(self, other):
+        """Require of the next images the layout `other` has written.
+
+        For writers of several splits of one folder fed from one source:
+        once one of them has seen an image, the others take its feature
+        width, class count and optional fields, so a disagreement fails at
+        the image instead of at `close()`, when other splits are written.
+        """
+        if other is self or other.num_written == 0 or self.num_written:
+            return
+        self.feature_dim = other.feature_dim
+        self.num_classes = other.num_classes
+        self._expect_probs = other._expect_probs
+        self._expect_ids = other._expect_ids
+        self._expect_confs = other._expect_confs
 
     def _open_shard(self):
         name = shard_name(self.split, len(self._shards))
@@ -621,11 +760,17 @@ class RegionFeatureWriter:
             "class_probs_dtype": "float16",
             "box_format": "x1,y1,x2,y2 in pixels (float32)",
         })
+        if self.num_object_classes is not None:
+            manifest["num_object_classes"] = self.num_object_classes
+        else:
+            manifest.setdefault("num_object_classes", None)
         manifest["splits"][self.split] = {
             "shards": self._shards,
             "num_examples": sum(s["num_examples"] for s in self._shards),
             "num_boxes": sum(s["num_boxes"] for s in self._shards),
             "num_skipped": self.report.num_skipped,
+            "object_ids": bool(self._expect_ids),
+            "object_confs": bool(self._expect_confs),
         }
         _write_json_atomic(
             os.path.join(self.directory, MANIFEST_NAME), manifest
@@ -1098,6 +1243,40 @@ def region_dims(file_pattern_or_paths, split=None, feature_dim=None,
     return _dims_from_manifests(manifests, feature_dim, num_classes)
 
 
+def region_object_classes(file_pattern_or_paths, split=None):
+    """What the files hold of detector class ids, from their manifests.
+
+    Returns:
+        A dict: `object_ids` and `object_confs` (True when every shard's
+        split records them), `num_object_classes` (the count the manifest
+        states, or None).
+    """
+    paths, manifests = _resolve_files(file_pattern_or_paths, split)
+    ids = confs = bool(paths)
+    counts = set()
+    for path in paths:
+        folder = os.path.dirname(os.path.abspath(path))
+        manifest = manifests.get(folder) or {}
+        entry = None
+        for info in (manifest.get("splits") or {}).values():
+            names = [s.get("path") for s in info.get("shards", ())
+                     if isinstance(s, dict)]
+            if os.path.basename(path) in names:
+                entry = info
+                break
+        ids = ids and bool((entry or {}).get("object_ids"))
+        confs = confs and bool((entry or {}).get("object_confs"))
+        counts.add(manifest.get("num_object_classes"))
+    counts.discard(None)
+    if len(counts) > 1:
+        raise RegionDataError(
+            "the files come from folders whose manifests disagree on "
+            f"num_object_classes: {sorted(counts)}.",
+            kind="num_object_classes")
+    return {"object_ids": ids, "object_confs": ids and confs,
+            "num_object_classes": counts.pop() if counts else None}
+
+
 def _decode_float16_rows(strings, rows, width):
     """`[B]` byte strings of float16 rows -> `[B, rows, width]`, zero-padded.
 
@@ -1111,7 +1290,8 @@ def _decode_float16_rows(strings, rows, width):
 
 def parse_region_batch(serialized, feature_dim, num_classes=None,
                        max_regions=None, features_dtype=tf.float32,
-                       class_probs_dtype=tf.float32):
+                       class_probs_dtype=tf.float32, object_ids=False,
+                       object_confs=False, num_object_classes=None):
     """Parse, check and decode a batch of serialized region records at once.
 
     The batched counterpart of `region_dataset`'s reading (for
@@ -1131,12 +1311,18 @@ def parse_region_batch(serialized, feature_dim, num_classes=None,
         max_regions: optional cap on the regions returned per image.
         features_dtype, class_probs_dtype: output dtypes (`tf.float16` keeps
             the stored values without conversion).
+        object_ids, object_confs: also parse the detector class ids and
+            confidences (records written with them; see
+            `region_object_classes`).
+        num_object_classes: with `object_ids`, fail on an id at or above it.
 
     Returns:
         A dict: `image_id` string `[B]`, `image_h`, `image_w`, `num_boxes`
         int32 `[B]` (stored counts), `boxes` float32 `[B, N, 4]` pixels,
         `features` `[B, N, D]` and, with `num_classes`, `class_probs`
-        `[B, N, C]`; rows past an image's regions are zero.
+        `[B, N, C]`; rows past an image's regions are zero. With
+        `object_ids`, `object_ids` int32 `[B, N]` (-1 past an image's
+        regions); with `object_confs`, `object_confs` float32 `[B, N]`.
 
     Examples:
 
@@ -1156,6 +1342,10 @@ def parse_region_batch(serialized, feature_dim, num_classes=None,
     }
     if has_probs:
         spec["class_probs"] = tf.io.FixedLenFeature([], tf.string)
+    if object_ids:
+        spec["object_ids"] = tf.io.RaggedFeature(tf.int64)
+    if object_confs:
+        spec["object_confs"] = tf.io.RaggedFeature(tf.float32)
     raw = tf.io.parse_example(serialized, spec)
     image_id = raw["image_id"]
     n = raw["num_boxes"]
@@ -1189,6 +1379,17 @@ def parse_region_batch(serialized, feature_dim, num_classes=None,
             byte_count("class_probs", int(num_classes)),
             f"'class_probs' holds a number of bytes other than num_boxes x "
             f"num_classes ({num_classes}) x 2 (float16)"))
+    for name in ("object_ids", "object_confs"):
+        if name in spec:
+            layout.append((
+                tf.equal(tf.cast(raw[name].row_lengths(), tf.int64), n),
+                f"'{name}' holds a number of values other than num_boxes"))
+    if object_ids and num_object_classes is not None:
+        layout.append((
+            tf.reduce_all((raw["object_ids"] >= 0) & (
+                raw["object_ids"] < int(num_object_classes)), axis=1),
+            f"an object id lies outside [0, num_object_classes="
+            f"{int(num_object_classes)})"))
     with tf.control_dependencies(asserting(layout)):
         rows = tf.cast(tf.reduce_max(n), tf.int32)
         boxes = tf.reshape(raw["boxes"].to_tensor(shape=[None, None]),
@@ -1227,6 +1428,12 @@ def parse_region_batch(serialized, feature_dim, num_classes=None,
         }
         if has_probs:
             out["class_probs"] = tf.cast(probs[:, :keep], class_probs_dtype)
+        if object_ids:
+            out["object_ids"] = tf.cast(raw["object_ids"].to_tensor(
+                default_value=-1, shape=[None, None]), tf.int32)[:, :keep]
+        if object_confs:
+            out["object_confs"] = raw["object_confs"].to_tensor(
+                default_value=0.0, shape=[None, None])[:, :keep]
     return out
 
 
