@@ -29,6 +29,7 @@ import sys
 import numpy as np
 
 from keras_interbert.data.errors import RegionDataError
+from keras_interbert.data.region_table import RegionTable
 
 FORMAT_NAME = "keras_interbert.hard_negatives"
 FORMAT_VERSION = 1
@@ -271,8 +272,6 @@ def build_hard_negative_pool(regions, split="train", k=100, block_size=1024,
     Each image is represented by the mean of all its stored region features
     (the global slot of finetuning).
     """
-    from keras_interbert.data.retrieval_pipeline import RegionTable
-
     table = RegionTable.from_files(regions, split=split, max_regions=1,
                                    progress=progress)
     return nearest_neighbour_pool(

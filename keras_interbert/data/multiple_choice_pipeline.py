@@ -45,8 +45,8 @@ import tensorflow as tf
 
 from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.region_features import read_json_lines
-from keras_interbert.data.retrieval_pipeline import as_region_table
-from keras_interbert.data.retrieval_pipeline import batched_epochs
+from keras_interbert.data.region_table import as_region_table
+from keras_interbert.data.sampling import batched_epochs
 from keras_interbert.preprocessing import InterBERTTextPacker
 
 TASKS = {"q_a": 60, "qa_r": 80}

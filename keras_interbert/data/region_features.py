@@ -21,6 +21,8 @@ from keras_interbert.data.errors import ErrorReport
 from keras_interbert.data.errors import PolicyHandler
 from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.errors import check_policy
+from keras_interbert.preprocessing.region_packer import GLOBAL_LOCATION
+from keras_interbert.preprocessing.region_packer import region_locations
 from keras_interbert.utils.atomic import atomic_path
 from keras_interbert.utils.atomic import fsync_path
 from keras_interbert.utils.atomic import write_json_atomically
@@ -1519,21 +1521,6 @@ def region_image_ids(file_pattern_or_paths, split=None):
 
 # ------------------------------------------------------ model-side inputs --
 
-def region_locations(boxes, image_h, image_w):
-    """5-d locations `[x1/W, y1/H, x2/W, y2/H, (x2-x1)(y2-y1)/(W*H)]`.
-
-    Args:
-        boxes: `[..., 4]` pixel boxes.
-        image_h, image_w: image size (scalars or broadcastable).
-    """
-    boxes = tf.cast(boxes, tf.float32)
-    h = tf.cast(image_h, tf.float32)
-    w = tf.cast(image_w, tf.float32)
-    x1, y1, x2, y2 = tf.unstack(boxes, 4, axis=-1)
-    area = (x2 - x1) * (y2 - y1) / (w * h)
-    return tf.stack([x1 / w, y1 / h, x2 / w, y2 / h, area], axis=-1)
-
-
 def recompute_global_region(region_features, region_mask):
     """Set slot 0 to the mean of the real region slots' current features.
 
@@ -1657,7 +1644,7 @@ def to_backbone_regions(
 
     region_features = slots(feats, global_feat)
     locs = region_locations(boxes, example["image_h"], example["image_w"])
-    region_locs = slots(locs, tf.constant([[0.0, 0.0, 1.0, 1.0, 1.0]]))
+    region_locs = slots(locs, tf.constant([GLOBAL_LOCATION]))
     region_boxes = slots(locs[:, :4], tf.constant([[0.0, 0.0, 1.0, 1.0]]))
     region_mask = tf.concat([
         tf.ones([kept + 1], tf.int32), tf.zeros([pad], tf.int32)], axis=0)

@@ -34,7 +34,7 @@ import tensorflow as tf
 from keras_interbert.data.errors import PolicyHandler
 from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.region_features import read_captions
-from keras_interbert.data.retrieval_pipeline import batched_epochs
+from keras_interbert.data.sampling import batched_epochs
 from keras_interbert.preprocessing import InterBERTTextPacker
 from keras_interbert.utils.atomic import write_text_atomically
 
