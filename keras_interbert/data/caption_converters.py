@@ -383,6 +383,12 @@ def check_against_features(records, sources, features, path, policy="raise",
     return kept, kept_sources
 
 
+def _split_order(item):
+    order = ("train", "val", "test")
+    name = item[0]
+    return (order.index(name) if name in order else len(order), name)
+
+
 def _finish(records, sources, output_dir, language, features, policy,
             overwrite, report, result):
     """Check against features, merge with the existing file, write, report."""
@@ -430,7 +436,7 @@ def _finish(records, sources, output_dir, language, features, policy,
         "num_captions": len(records),
         "splits": {name: {"images": len(v["images"]),
                           "captions": v["captions"]}
-                   for name, v in sorted(splits.items())},
+                   for name, v in sorted(splits.items(), key=_split_order)},
         "kept_from_existing": len(kept),
         "features": None if features is None else os.fspath(features),
     })
