@@ -1,6 +1,6 @@
 """Caption files from the formats data sets publish, into captions JSON Lines.
 
-Two sources (see `docs/data.md` §3.5 and `docs/your-data.md`):
+Two sources (see `docs/data.md` §3.7 and `docs/your-data.md`):
 
 * Karpathy's split files (`dataset_coco.json`, `dataset_flickr30k.json`,
   `dataset_flickr8k.json`): a JSON object whose `images` list holds, per
