@@ -226,6 +226,11 @@ BAD_INPUTS = [
      lambda x: x["region_boxes"][..., [2, 3, 0, 1]], "x2 >= x1"),
     ("NaN feature", "region_features",
      lambda x: np.full_like(x["region_features"], np.nan), "finite values"),
+    ("huge feature", "region_features",
+     lambda x: np.full_like(x["region_features"], 3e38), "at most 1e+06"),
+    ("huge box", "region_boxes",
+     lambda x: np.where(np.arange(4) >= 2, 1e30, x["region_boxes"]).astype(
+         np.float32), "at most 1e+06"),
     ("text rank", "text", lambda x: x["text"][:, None], "[batch] string"),
     ("batch mismatch", "image_size", lambda x: x["image_size"][:1],
      "batch size of the text"),

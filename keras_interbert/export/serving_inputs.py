@@ -18,6 +18,12 @@ import tensorflow as tf
 from keras_interbert.preprocessing.region_packer import InterBERTRegionPacker
 
 
+# Bounds on what a client may send (far beyond any detector's output and
+# any image's size; beyond them float32 arithmetic overflows).
+MAX_FEATURE_MAGNITUDE = 1e6
+MAX_BOX_COORDINATE = 1e6
+
+
 class InputChecks:
     """Collects `Assert` ops and gates tensors on them.
 
@@ -141,6 +147,18 @@ def checked_image_inputs(checks, inputs, feature_dim, batch_size):
         tf.reduce_all(tf.math.is_finite(x["region_features"]) | ~real),
         "region_features", f"expected finite values {where}", num,
         "); found NaN or inf")
+    # Finite but huge values overflow in the global mean and the locations
+    # (3e38 + 3e38 is inf, inf - inf NaN): refused rather than answered NaN.
+    checks.require(
+        tf.reduce_all((tf.abs(x["region_features"]) <= MAX_FEATURE_MAGNITUDE)
+                      | ~real | ~tf.math.is_finite(x["region_features"])),
+        "region_features",
+        f"expected magnitudes of at most {MAX_FEATURE_MAGNITUDE:g} {where}",
+        num, "); found a larger one")
+    checks.require(tf.reduce_all((boxes <= MAX_BOX_COORDINATE) | skip),
+                   "region_boxes", f"expected pixel coordinates of at most "
+                   f"{MAX_BOX_COORDINATE:g} {where}", num,
+                   "); found a larger one")
     return checks.gate(x)
 
 
