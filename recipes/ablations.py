@@ -212,4 +212,6 @@ def write_table(args, results):
 
 
 if __name__ == "__main__":
-    main()
+    from keras_interbert.utils.cli import run_main
+
+    sys.exit(run_main(main))

@@ -20,4 +20,6 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     if "--validate" not in argv:
         argv.append("--validate")
-    sys.exit(main(argv))
+    from keras_interbert.utils.cli import run_main
+
+    sys.exit(run_main(main, argv))

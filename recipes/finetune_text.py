@@ -17,6 +17,7 @@ The bundled data set has two small tasks made from its captions
         --init runs/pretrain/pretrained.keras \
         --task-dir runs/text_tasks/mentions_circle --columns sentence --out runs/text
 """
+import sys
 import argparse
 import os
 import time
@@ -121,4 +122,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from keras_interbert.utils.cli import run_main
+
+    sys.exit(run_main(main))

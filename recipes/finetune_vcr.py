@@ -17,6 +17,7 @@ the bundled data set's are made with
         --init runs/pretrain/pretrained.keras --data runs/bundled-data \
         --records runs/bundled-data/multiple_choice.jsonl --out runs/vcr
 """
+import sys
 import argparse
 import os
 import time
@@ -161,4 +162,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from keras_interbert.utils.cli import run_main
+
+    sys.exit(run_main(main))

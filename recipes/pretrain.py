@@ -390,4 +390,6 @@ def _crash_after(steps):
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    from keras_interbert.utils.cli import run_main
+
+    sys.exit(run_main(lambda: 0 if main() else 1))

@@ -392,4 +392,6 @@ def write_report(path, args, out, table, metric_lines, request, export_dir,
 
 
 if __name__ == "__main__":
-    main()
+    from keras_interbert.utils.cli import run_main
+
+    sys.exit(run_main(main))

@@ -2,5 +2,6 @@
 import sys
 
 from keras_interbert.data.convert import main
+from keras_interbert.utils.cli import run_main
 
-sys.exit(main())
+sys.exit(run_main(main))

@@ -439,7 +439,7 @@ def _run(records, output_dir, split, examples_per_shard, feature_dim,
         "num_written": sum(w.num_written for w in writers.values()),
         "feature_dim": some.feature_dim,
         "num_classes": some.num_classes,
-        "object_ids": bool(some._expect_ids),
+        "object_ids": bool(some.has_object_ids),
         "num_object_classes": some.num_object_classes,
         "shards": shards,
     }
@@ -1396,4 +1396,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from keras_interbert.utils.cli import run_main
+
+    sys.exit(run_main(main))

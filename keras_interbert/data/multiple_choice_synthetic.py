@@ -136,4 +136,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from keras_interbert.utils.cli import run_main
+
+    sys.exit(run_main(main))

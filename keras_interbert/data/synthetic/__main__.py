@@ -1,4 +1,7 @@
 """`python -m keras_interbert.data.synthetic`: write the data set."""
-from keras_interbert.data.synthetic.writer import main
+import sys
 
-main()
+from keras_interbert.data.synthetic.writer import main
+from keras_interbert.utils.cli import run_main
+
+sys.exit(run_main(main))

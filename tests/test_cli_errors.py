@@ -1,0 +1,60 @@
+"""Bad input on the command line: one line naming the problem, no traceback.
+
+Every recipe and `python -m` command runs through
+`keras_interbert.utils.cli.run_main` (exit status 2 for refused input).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.once
+
+
+def _run(args, tmp_path, env=None):
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True,
+        cwd=str(tmp_path), timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {})))
+
+
+def test_a_missing_model_is_one_line(tmp_path):
+    (tmp_path / "captions.jsonl").write_text("")
+    result = _run([os.path.join(REPO_ROOT, "recipes", "evaluate_retrieval.py"),
+                   "--model", "missing.keras", "--regions",
+                   str(tmp_path), "--captions",
+                   str(tmp_path / "captions.jsonl"), "--out",
+                   str(tmp_path / "out")], tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "evaluate_retrieval.py: error: missing.keras: no such file." \
+        in result.stderr
+
+
+def test_a_damaged_input_of_a_module_command_is_one_line(tmp_path):
+    (tmp_path / "model.keras").write_bytes(b"not a zip")
+    result = _run(["-m", "keras_interbert.export", "model.keras", "--name",
+                   "m", "--output-dir", str(tmp_path / "out")], tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "not a .keras archive" in result.stderr
+    # The traceback is one variable away.
+    shown = _run(["-m", "keras_interbert.export", "model.keras", "--name",
+                  "m", "--output-dir", str(tmp_path / "out")], tmp_path,
+                 env={"INTERBERT_TRACEBACK": "1"})
+    assert "Traceback" in shown.stderr
+
+
+def test_run_main_keeps_bugs_loud():
+    from keras_interbert.utils.cli import run_main
+
+    def broken():
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError):
+        run_main(broken)
+    assert run_main(lambda: True) == 0 and run_main(lambda: False) == 1
+    assert run_main(lambda: None) == 0 and run_main(lambda: 3) == 3
