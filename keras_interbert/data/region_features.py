@@ -678,6 +678,11 @@ class RegionFeatureWriter:
             self._finish_shard()
         return True
 
+    @property
+    def has_object_ids(self):
+        """Whether this split's images carry `object_ids` (None: no image yet)."""
+        return self._expect_ids
+
     def match_layout(self, other):
         """Require of the next images the layout `other` has written.
 
