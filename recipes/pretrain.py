@@ -248,25 +248,22 @@ def main(argv=None):
     data = args.data or ensure_bundled_data(args)
     regions = os.path.join(data, "regions")
     captions = args.captions or os.path.join(data, f"captions_{args.language}.jsonl")
-    try:
-        manifest = read_manifest(regions)
-        if manifest is None:
-            raise SystemExit(
-                f"{regions}: no {MANIFEST_NAME}; --data must hold a region "
-                "folder written by `python -m keras_interbert.data.convert` "
-                "(see docs/your-data.md).")
-        feature_dim = manifest.get("feature_dim")
-        if feature_dim is None:
-            raise SystemExit(f"{os.path.join(regions, MANIFEST_NAME)}: no "
-                             "feature_dim (the folder holds no converted "
-                             "split).")
-        # --mrm-weight 0 trains no region targets, so it never needs them.
-        targets = resolve_mrm_targets(
-            regions, split="train", targets=args.mrm_targets,
-            num_object_classes=args.num_object_classes,
-            required=args.mrm_weight > 0)
-    except (RegionDataError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+    manifest = read_manifest(regions)
+    if manifest is None:
+        raise RegionDataError(
+            f"no {MANIFEST_NAME}: --data must hold a regions/ folder written "
+            "by `python -m keras_interbert.data.convert` (see "
+            "docs/your-data.md).", regions, kind="bad_manifest")
+    if manifest.get("feature_dim") is None:
+        raise RegionDataError(
+            f"its {MANIFEST_NAME} has no feature_dim (no split was "
+            "converted).", regions, kind="bad_manifest")
+    feature_dim = manifest["feature_dim"]
+    # --mrm-weight 0 trains no region targets, so it never needs them.
+    targets = resolve_mrm_targets(
+        regions, split="train", targets=args.mrm_targets,
+        num_object_classes=args.num_object_classes,
+        required=args.mrm_weight > 0)
     mrm_weight = args.mrm_weight
     if not targets.enabled:
         if mrm_weight > 0:

@@ -235,8 +235,10 @@ def test_recipe_messages(data, tmp_path):
     # Class ids without a count: an error that names the flag...
     uncounted = data_dir(data, "uncounted", "uncounted_data")
     result = pretrain(uncounted, str(tmp_path / "uncounted"))
-    assert result.returncode == 1
-    assert "state it with --num-object-classes" in result.stderr
+    assert result.returncode == 2  # refused input (utils/cli.py)
+    assert (f"pretrain.py: error: {os.path.join(uncounted, 'regions')}: the "
+            "files hold detector class ids (object_ids) but no class count: "
+            "state it with --num-object-classes") in result.stderr
     # ...but --mrm-weight 0 never needs class targets.
     result = pretrain(uncounted, str(tmp_path / "no_mrm"), "--mrm-weight",
                       "0")
@@ -247,5 +249,7 @@ def test_recipe_messages(data, tmp_path):
     empty = tmp_path / "empty"
     (empty / "regions").mkdir(parents=True)
     result = pretrain(str(empty), str(tmp_path / "none"))
-    assert result.returncode == 1
-    assert f"{empty / 'regions'}: no manifest.json" in result.stderr
+    assert result.returncode == 2
+    assert f"pretrain.py: error: {empty / 'regions'}: no manifest.json: " \
+        "--data must hold a regions/ folder" in result.stderr
+    assert "Traceback" not in result.stderr
