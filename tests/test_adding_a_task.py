@@ -7,6 +7,8 @@ else of the package is changed. The test then checks that raw-input
 training and prediction, `.keras` and preset round trips, export without
 options and offline validation all work for it.
 """
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -194,7 +196,7 @@ def test_a_new_task_trains_saves_and_loads_on_raw_inputs(tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
-def test_a_new_task_exports_and_validates(tmp_path, registered):
+def test_a_new_task_exports_and_validates(tmp_path, registered, monkeypatch):
     if BACKEND != "tensorflow":
         pytest.skip("exports run under TensorFlow")
     from keras_interbert.export import export_for_serving
@@ -203,7 +205,9 @@ def test_a_new_task_exports_and_validates(tmp_path, registered):
     model = _model()
     path = str(tmp_path / "vqa.keras")
     model.save(path)
-    export_dir = str(tmp_path / "served" / "vqa" / "1")
+    # A relative export folder, as a user types it on the command line.
+    monkeypatch.chdir(tmp_path)
+    export_dir = os.path.join("served", "vqa", "1")
     metadata = export_for_serving(path, export_dir)
     # The settings came from the model's preprocessor, not the defaults.
     assert (metadata["task"], metadata["sequence_length"],

@@ -118,7 +118,8 @@ def run_fresh_process(export_dir, inputs=None, timeout=600):
             name may carry a `#suffix` to send several requests to it.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, FRESH_PROCESS, export_dir,
+        # The process runs in another folder: the path must be absolute.
+        command = [sys.executable, FRESH_PROCESS, os.path.abspath(export_dir),
                    os.path.join(tmp, "report.json")]
         if inputs:
             np.savez(os.path.join(tmp, "inputs.npz"), **inputs)
