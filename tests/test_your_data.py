@@ -48,7 +48,7 @@ EVALUATE = ("python recipes/evaluate_retrieval.py --model "
             "test --out runs/flickr-test")
 EXPORT = ('python -m keras_interbert.export '
           'runs/flickr-retrieval/finetuned.keras --name flickr_retrieval '
-          '--output-dir "$PWD/saved_models" --validate')
+          '--output-dir saved_models --validate')
 
 # What the test adds to shrink each run.
 TINY = {
