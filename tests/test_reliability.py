@@ -118,7 +118,7 @@ def test_read_json_names_the_damaged_file(tmp_path):
 def tiny_model():
     keras.utils.set_random_seed(3)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
-                              keras.layers.Dropout(0.5),
+                              keras.layers.Dropout(0.5, seed=5),
                               keras.layers.Dense(1)])
     model.compile(keras.optimizers.Adam(0.01), "mse")
     return model
