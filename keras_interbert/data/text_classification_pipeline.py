@@ -36,6 +36,8 @@ from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.region_features import read_captions
 from keras_interbert.data.sampling import batched_epochs
 from keras_interbert.preprocessing import InterBERTTextPacker
+from keras_interbert.preprocessing.preprocessor_base import tokenize_together
+from keras_interbert.preprocessing.region_packer import empty_image_slots
 from keras_interbert.utils.atomic import write_text_atomically
 
 
@@ -235,16 +237,10 @@ def text_classification_dataset(data, tokenizer, config=None):
 
     def to_inputs(index):
         size = tf.shape(index)[0]
-        # One tokenizer call for both columns (each call builds a WordPiece
-        # model in the graph, which is slow).
-        pieces = tokenizer(tf.concat([tf.gather(c, index) for c in columns],
-                                     axis=0))
-        segments = [pieces[i * size:(i + 1) * size]
-                    for i in range(len(columns))]
+        segments = tokenize_together(
+            tokenizer, [tf.gather(c, index) for c in columns])
         x = dict(packer(*segments))
-        x["region_features"] = tf.zeros([size, S, D], tf.float32)
-        x["region_locations"] = tf.zeros([size, S, 5], tf.float32)
-        x["region_mask"] = tf.zeros([size, S], tf.int32)
+        x.update(empty_image_slots(size, S, D))
         if labels is None:
             return x
         return x, tf.gather(labels, index)

@@ -31,14 +31,3 @@ IMAGE_SPECS = (
 def image_dict(region_features, region_boxes, image_size, num_regions):
     return {"region_features": region_features, "region_boxes": region_boxes,
             "image_size": image_size, "num_regions": num_regions}
-
-
-def tokenize_together(tokenizer, columns):
-    """Word pieces of several `[B]` string columns in one tokenizer call."""
-    ids = tokenizer(tf.concat(columns, axis=0))
-    pieces, start = [], tf.constant(0, tf.int64)
-    for column in columns:
-        end = start + tf.shape(column, out_type=tf.int64)[0]
-        pieces.append(ids[start:end])
-        start = end
-    return pieces

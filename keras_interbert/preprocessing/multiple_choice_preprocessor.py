@@ -5,6 +5,7 @@ import tensorflow as tf
 from keras_interbert.preprocessing.preprocessor_base import InterBERTPreprocessor
 from keras_interbert.preprocessing.preprocessor_base import check_raw_inputs
 from keras_interbert.preprocessing.preprocessor_base import checked_text
+from keras_interbert.preprocessing.preprocessor_base import tokenize_together
 from keras_interbert.preprocessing.region_packer import InterBERTRegionPacker
 
 
@@ -65,9 +66,8 @@ class InterBERTMultipleChoicePreprocessor(InterBERTPreprocessor):
                 f"tensor; received {options.dtype.name} of shape "
                 f"{options.shape}.")
         batch = tf.shape(question)[0]
-        flat = tf.reshape(options, [-1])
-        ids = self.tokenizer(tf.concat([question, flat], axis=0))
-        question_ids, option_ids = ids[:batch], ids[batch:]
+        question_ids, option_ids = tokenize_together(
+            self.tokenizer, [question, tf.reshape(options, [-1])])
         # Row b * O + o is question b with its option o.
         owner_rows = tf.repeat(tf.range(batch), count)
         text = self.packer(tf.gather(question_ids, owner_rows), option_ids)

@@ -42,6 +42,18 @@ def checked_text(x, name, owner):
     return text
 
 
+def tokenize_together(tokenizer, columns):
+    """Word pieces of several `[B]` string columns in one tokenizer call
+    (each call builds a WordPiece model in the graph, which is slow)."""
+    ids = tokenizer(tf.concat(columns, axis=0))
+    pieces, start = [], tf.constant(0, tf.int64)
+    for column in columns:
+        end = start + tf.shape(column, out_type=tf.int64)[0]
+        pieces.append(ids[start:end])
+        start = end
+    return pieces
+
+
 class InterBERTPreprocessor(keras_hub.models.Preprocessor):
     """Base of the task preprocessors (keras-hub's `Preprocessor` contract).
 

@@ -37,6 +37,17 @@ def region_locations(boxes, image_h, image_w):
     return tf.stack([x1 / w, y1 / h, x2 / w, y2 / h, area], axis=-1)
 
 
+def empty_image_slots(batch, num_slots, feature_dim):
+    """`num_slots` all-zero image slots of mask 0 per example: the image
+    side of a text-only input (the text path alone is then BERT)."""
+    return {
+        "region_features": tf.zeros([batch, num_slots, feature_dim],
+                                    tf.float32),
+        "region_locations": tf.zeros([batch, num_slots, 5], tf.float32),
+        "region_mask": tf.zeros([batch, num_slots], tf.int32),
+    }
+
+
 @keras.saving.register_keras_serializable(package="keras_interbert")
 class InterBERTRegionPacker(keras.layers.Layer):
     """Lays out a batch of detector outputs as the backbone's region inputs.

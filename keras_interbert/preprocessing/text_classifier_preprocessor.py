@@ -5,6 +5,8 @@ import tensorflow as tf
 from keras_interbert.preprocessing.preprocessor_base import InterBERTPreprocessor
 from keras_interbert.preprocessing.preprocessor_base import check_raw_inputs
 from keras_interbert.preprocessing.preprocessor_base import checked_text
+from keras_interbert.preprocessing.preprocessor_base import tokenize_together
+from keras_interbert.preprocessing.region_packer import empty_image_slots
 
 
 @keras.saving.register_keras_serializable(package="keras_interbert")
@@ -60,14 +62,8 @@ class InterBERTTextClassifierPreprocessor(InterBERTPreprocessor):
         owner = type(self).__name__
         check_raw_inputs(x, self.raw_input_names, owner)
         texts = [checked_text(x, name, owner) for name in self.raw_input_names]
-        size = tf.shape(texts[0])[0]
-        # One tokenizer call for both columns.
-        pieces = self.tokenizer(tf.concat(texts, axis=0))
-        segments = [pieces[i * size:(i + 1) * size]
-                    for i in range(len(texts))]
-        out = dict(self.packer(*segments))
-        slots, width = self.num_region_slots, self.image_feature_dim
-        out["region_features"] = tf.zeros([size, slots, width], tf.float32)
-        out["region_locations"] = tf.zeros([size, slots, 5], tf.float32)
-        out["region_mask"] = tf.zeros([size, slots], tf.int32)
+        out = dict(self.packer(*tokenize_together(self.tokenizer, texts)))
+        out.update(empty_image_slots(tf.shape(texts[0])[0],
+                                     self.num_region_slots,
+                                     self.image_feature_dim))
         return keras.utils.pack_x_y_sample_weight(out, y, sample_weight)

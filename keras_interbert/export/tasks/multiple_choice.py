@@ -9,9 +9,9 @@ from keras_interbert.export.serving_inputs import serving_regions
 from keras_interbert.export.serving_signatures import IMAGE_INPUTS_IO
 from keras_interbert.export.serving_signatures import IMAGE_SPECS
 from keras_interbert.export.serving_signatures import image_dict
-from keras_interbert.export.serving_signatures import tokenize_together
 from keras_interbert.export.tasks import ServingTask
 from keras_interbert.export.tasks import register
+from keras_interbert.preprocessing.preprocessor_base import tokenize_together
 
 
 def _model_classes():

@@ -4,9 +4,10 @@ import tensorflow as tf
 
 from keras_interbert.export.serving_inputs import InputChecks
 from keras_interbert.export.serving_inputs import checked_text
-from keras_interbert.export.serving_signatures import tokenize_together
 from keras_interbert.export.tasks import ServingTask
 from keras_interbert.export.tasks import register
+from keras_interbert.preprocessing.preprocessor_base import tokenize_together
+from keras_interbert.preprocessing.region_packer import empty_image_slots
 
 
 def _model_classes():
@@ -15,15 +16,6 @@ def _model_classes():
     )
 
     return (InterBERTTextClassifier,)
-
-
-def _text_only_regions(batch, feature_dim):
-    # One masked all-zero image slot, as `text_classification_dataset` feeds.
-    return {
-        "region_features": tf.zeros([batch, 1, feature_dim], tf.float32),
-        "region_locations": tf.zeros([batch, 1, 5], tf.float32),
-        "region_mask": tf.zeros([batch, 1], tf.int32),
-    }
 
 
 def _class_outputs(logits):
@@ -55,7 +47,7 @@ def text_classifier_signatures(model, tokenizer, packer, options):
         columns = checks.gate(columns)
         segments = tokenize_together(tokenizer, [columns[n] for n in names])
         x = dict(packer(*segments))
-        x.update(_text_only_regions(batch, feature_dim))
+        x.update(empty_image_slots(batch, 1, feature_dim))
         return _class_outputs(model(x, training=False))
 
     if options.text_pairs:
