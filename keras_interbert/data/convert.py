@@ -778,6 +778,18 @@ def read_uniter_record(path, image_size, id_pattern=None):
     return out, record
 
 
+def _per_file_records(paths, read, progress):
+    """`((path, record), item)` for formats with one image per file;
+    `read(path)` gives `(item, record)`, and a `RegionDataError` is passed
+    on in the item's place (the caller's policy decides)."""
+    for path in tqdm(paths, unit="img", disable=not progress):
+        try:
+            item, record = read(path)
+            yield (path, record), item
+        except RegionDataError as e:
+            yield (path, e.record), e
+
+
 def convert_npz(inputs, output_dir, split="train", feature_dim=None,
                 num_classes=None, policy="raise", examples_per_shard=1000,
                 overwrite=False, box_tolerance=0.0, progress=True,
@@ -807,15 +819,9 @@ def convert_npz(inputs, output_dir, split="train", feature_dim=None,
     """
     paths = _expand_inputs(inputs, ".npz")
 
-    def records():
-        for path in tqdm(paths, unit="img", disable=not progress):
-            try:
-                item, record = read_npz_record(path, id_pattern)
-                yield (path, record), item
-            except RegionDataError as e:
-                yield (path, e.record), e
-
-    return _run(records(), output_dir, split, examples_per_shard, feature_dim,
+    records = _per_file_records(
+        paths, lambda path: read_npz_record(path, id_pattern), progress)
+    return _run(records, output_dir, split, examples_per_shard, feature_dim,
                 num_classes, policy, overwrite, box_tolerance, paths, "npz",
                 num_object_classes, splits_from)
 
@@ -848,15 +854,10 @@ def convert_uniter(inputs, output_dir, image_sizes=None, image_size=None,
         tuple(int(v) for v in image_size))
     paths = _expand_inputs(inputs, ".npz")
 
-    def records():
-        for path in tqdm(paths, unit="img", disable=not progress):
-            try:
-                item, record = read_uniter_record(path, sizes, id_pattern)
-                yield (path, record), item
-            except RegionDataError as e:
-                yield (path, e.record), e
-
-    return _run(records(), output_dir, split, examples_per_shard, feature_dim,
+    records = _per_file_records(
+        paths, lambda path: read_uniter_record(path, sizes, id_pattern),
+        progress)
+    return _run(records, output_dir, split, examples_per_shard, feature_dim,
                 num_classes, policy, overwrite, box_tolerance, paths,
                 "uniter", None, splits_from)
 
@@ -968,15 +969,9 @@ def convert_npy(inputs, output_dir, split="train", feature_dim=None,
     """
     paths = _expand_inputs(inputs, ".npy")
 
-    def records():
-        for path in tqdm(paths, unit="img", disable=not progress):
-            try:
-                item, record = read_npy_record(path, id_pattern)
-                yield (path, record), item
-            except RegionDataError as e:
-                yield (path, e.record), e
-
-    return _run(records(), output_dir, split, examples_per_shard, feature_dim,
+    records = _per_file_records(
+        paths, lambda path: read_npy_record(path, id_pattern), progress)
+    return _run(records, output_dir, split, examples_per_shard, feature_dim,
                 num_classes, policy, overwrite, box_tolerance, paths, "npy",
                 num_object_classes, splits_from)
 
