@@ -234,9 +234,15 @@ def train_and_evaluate(data, language="en", max_regions=8, sequence_length=30,
     start = time.time()
     test, test_text, test_regions = _split_arrays(
         data, language, split, max_regions, sequence_length, tokenizer)
-    scores = _encode(text_encoder, test_text) @ _encode(
-        image_encoder, test_regions).T
-    metrics = retrieval_metrics(scores, test.caption_image_index)
+    # The learned scale makes the cosines the logits of the softmax over
+    # images the model was trained with (it changes no ranking, only the
+    # image -> text posterior, `caption_posterior`).
+    scale = float(np.exp(min(float(np.asarray(model.log_scale)),
+                             math.log(100.0))))
+    scores = scale * (_encode(text_encoder, test_text) @ _encode(
+        image_encoder, test_regions).T)
+    metrics = retrieval_metrics(scores, test.caption_image_index,
+                                posterior_kind="similarity")
     return {
         "metrics": metrics,
         "protocol": retrieval_protocol(test, split),
@@ -269,7 +275,8 @@ def main(argv=None):
         args.data, args.language, args.max_regions, args.sequence_length,
         args.steps, args.batch_size, args.learning_rate, args.seed,
         args.split)
-    for direction in ("text_to_image", "image_to_text"):
+    for direction in ("text_to_image", "image_to_text",
+                      "image_to_text_posterior"):
         recall = result["metrics"][direction]["recall"]
         print(f"{direction}: R@1 {recall[1]:.1f} R@5 {recall[5]:.1f} "
               f"R@10 {recall[10]:.1f}")

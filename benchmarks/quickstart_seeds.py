@@ -22,6 +22,11 @@ ROWS = ("dual-encoder baseline", "zero-shot, full cross-encoder",
         "finetuned, first stage", "finetuned, two-stage")
 
 
+# The suffix of a row's image -> text R@1 ranked by the caption posterior
+# (keras_interbert.evaluation.caption_posterior).
+POSTERIOR = ", i2t R@1 posterior"
+
+
 PRETRAINING = ("val_itm_accuracy", "val_itc_accuracy", "val_msm_accuracy")
 
 
@@ -31,10 +36,13 @@ def read_report(path):
     with open(path, encoding="utf-8") as f:
         for line in f:
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if len(cells) == 7 and cells[0] and cells[1][:1].isdigit():
+            if len(cells) in (7, 8) and cells[0] and cells[1][:1].isdigit():
                 for prefix in ROWS:
                     if cells[0].startswith(prefix):
                         rows[prefix] = (float(cells[1]), float(cells[4]))
+                        # Reports since the image -> text posterior column.
+                        if len(cells) == 8 and cells[7] != "-":
+                            rows[prefix + POSTERIOR] = (float(cells[7]),)
             elif len(cells) == 2 and cells[1].isdigit():
                 times[cells[0]] = float(cells[1])
             elif len(cells) == 3 and cells[0] in PRETRAINING:
@@ -61,6 +69,14 @@ def summarise(reports):
         spread = f"{max(t2i) - min(t2i):.1f} / {max(i2t) - min(i2t):.1f}"
         lines.append(f"| {row} | " + " | ".join(cells) +
                      f" | {mean} | {spread} |")
+    for row in ROWS:
+        values = [reports[s][0].get(row + POSTERIOR) for s in seeds]
+        if any(v is None for v in values):
+            continue
+        values = [v[0] for v in values]
+        lines.append(f"| {row}{POSTERIOR} | " + " | ".join(
+            f"{v:.1f}" for v in values) + f" | {sum(values) / len(values):.1f}"
+            f" | {max(values) - min(values):.1f} |")
     for row in PRETRAINING:
         values = [reports[s][0].get(row) for s in seeds]
         if any(v is None for v in values):

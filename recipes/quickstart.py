@@ -276,12 +276,15 @@ def main(argv=None):
     lines = [
         f"| {protocol.get('num_images', '?')} test images, "
         f"{protocol.get('num_captions', '?')} captions | t2i R@1 | R@5 | "
-        "R@10 | i2t R@1 | R@5 | R@10 |",
-        "|---|---|---|---|---|---|---|",
+        "R@10 | i2t R@1 | R@5 | R@10 | i2t R@1, posterior |",
+        "|---|---|---|---|---|---|---|---|",
     ] + [f"| {name} | " + " | ".join(
         f"{recall_at(s[d], k):.1f}" for d in ("text_to_image",
                                              "image_to_text")
-        for k in (1, 5, 10)) + " |" for name, s in rows]
+        for k in (1, 5, 10)) + " | " + (
+        f"{recall_at(s['image_to_text_posterior'], 1):.1f}"
+        if "image_to_text_posterior" in s else "-") + " |"
+        for name, s in rows]
     verdict = _verdict(random["text_to_image"], _t2i(zero_shot),
                        _t2i(finetuned["evaluation"]),
                        baseline["metrics"]["text_to_image"] if baseline

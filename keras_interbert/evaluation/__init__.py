@@ -8,6 +8,7 @@ from keras_interbert.evaluation.retrieval import evaluate_retrieval
 from keras_interbert.evaluation.retrieval import format_table
 from keras_interbert.evaluation.retrieval import plot_recall_curves
 from keras_interbert.evaluation.retrieval import retrieval_protocol
+from keras_interbert.evaluation.retrieval_metrics import caption_posterior
 from keras_interbert.evaluation.retrieval_metrics import image_to_text_ranks
 from keras_interbert.evaluation.retrieval_metrics import random_ranking_baseline
 from keras_interbert.evaluation.retrieval_metrics import rank_summary

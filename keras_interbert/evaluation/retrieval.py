@@ -122,7 +122,8 @@ def evaluate_retrieval(model, evaluation_set, modes=("full",), ks=DEFAULT_KS,
                           progress=progress)
         if not grid["complete"]:
             return None
-        metrics = retrieval_metrics(grid["scores"], owner, ks)
+        metrics = retrieval_metrics(grid["scores"], owner, ks,
+                                    posterior_kind="match")
         report["modes"]["full"] = dict(
             metrics, seconds=grid["seconds"],
             num_pairs_scored=evaluation_set.num_pairs,
@@ -172,16 +173,21 @@ def format_table(report):
         f"image, mean {per['mean']:.2f}); candidates: all images (t2i), all "
         f"captions (i2t); ties: pessimistic")
     for direction, title in (("text_to_image", "text -> image"),
-                             ("image_to_text", "image -> text")):
+                             ("image_to_text", "image -> text"),
+                             ("image_to_text_posterior", "i -> t posterior")):
+        if not any(direction in c for _, c in columns):
+            continue
         lines.append("")
         lines.append(f"{title:<16}" + "".join(f"{n:>{width}}" for n, _ in columns))
         for k in ks:
             lines.append(f"{'R@' + str(k) + ' (%)':<16}" + "".join(
-                f"{c[direction]['recall'][k]:>{width}.2f}" for _, c in columns))
+                f"{c[direction]['recall'][k]:>{width}.2f}" if direction in c
+                else f"{'-':>{width}}" for _, c in columns))
         for key, label in (("median_rank", "median rank"),
                            ("mean_rank", "mean rank")):
             lines.append(f"{label:<16}" + "".join(
-                f"{c[direction][key]:>{width}.1f}" for _, c in columns))
+                f"{c[direction][key]:>{width}.1f}" if direction in c
+                else f"{'-':>{width}}" for _, c in columns))
     lines.append("")
     for mode, result in report["modes"].items():
         detail = f"{mode}: {result['num_pairs_scored']} pairs through the " \

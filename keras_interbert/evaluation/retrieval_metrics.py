@@ -120,11 +120,52 @@ def rank_summary(ranks, ks=DEFAULT_KS, num_candidates=None, curve_length=100):
     return summary
 
 
+SCORE_KINDS = ("match", "similarity")
+
+
+def caption_posterior(scores, kind="match"):
+    """Each caption's scores turned into log P(image | caption) over the images.
+
+    Image -> text search asks which caption belongs to an image. A caption
+    that is true of many images ("a picture with a red square in it") gets a
+    high matching score with every one of them; ranking an image's captions
+    by that score puts such vague captions level with the specific ones.
+    Normalising each caption's scores over the candidate images gives the
+    chance that the image is the caption's own, which is what image -> text
+    ranks: a caption true of `n` images gets `1 / n` of its mass on each.
+    Text -> image rankings do not change (a constant per caption).
+
+    Args:
+        scores: float `[C, N]`, caption `c` against image `i`.
+        kind: `"match"`: image-text matching log-odds (the cross-encoder's
+            score; `sigmoid(score)` is the match probability, normalised
+            over the images); `"similarity"`: the logits of a softmax over
+            images (a contrastive model's scaled similarity, softmaxed).
+
+    Returns:
+        float64 `[C, N]`, each row a log-probability distribution.
+    """
+    if kind not in SCORE_KINDS:
+        raise ValueError(f"kind must be one of {SCORE_KINDS}; received "
+                         f"{kind!r}.")
+    logits = np.asarray(scores, np.float64)
+    if kind == "match":
+        # log sigmoid(s), stable for large |s|.
+        logits = -np.logaddexp(0.0, -logits)
+    peak = logits.max(axis=1, keepdims=True)
+    log_total = peak + np.log(np.exp(logits - peak).sum(axis=1,
+                                                         keepdims=True))
+    return logits - log_total
+
+
 def retrieval_metrics(scores, caption_image_index, ks=DEFAULT_KS,
-                      curve_length=100):
+                      curve_length=100, posterior_kind=None):
     """Text->image and image->text `rank_summary` of a score matrix.
 
-    Returns `{"text_to_image": ..., "image_to_text": ...}`.
+    Returns `{"text_to_image": ..., "image_to_text": ...}`, and with
+    `posterior_kind` (`"match"` or `"similarity"`, see `caption_posterior`)
+    also `"image_to_text_posterior"`: image -> text ranked by each caption's
+    scores normalised over the images.
 
     Examples:
     ```python
@@ -136,10 +177,16 @@ def retrieval_metrics(scores, caption_image_index, ks=DEFAULT_KS,
     scores, owner = check_score_matrix(scores, caption_image_index)
     t2i = text_to_image_ranks(scores, owner)
     i2t, _ = image_to_text_ranks(scores, owner)
-    return {
+    metrics = {
         "text_to_image": rank_summary(t2i, ks, scores.shape[1], curve_length),
         "image_to_text": rank_summary(i2t, ks, scores.shape[0], curve_length),
     }
+    if posterior_kind is not None:
+        ranks, _ = image_to_text_ranks(
+            caption_posterior(scores, posterior_kind), owner)
+        metrics["image_to_text_posterior"] = rank_summary(
+            ranks, ks, scores.shape[0], curve_length)
+    return metrics
 
 
 def _first_hit_tail(num_candidates, num_relevant, length):
