@@ -47,7 +47,6 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_interbert.data import masking
 from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.region_features import check_captions_against_images
 from keras_interbert.data.region_features import parse_region_batch
@@ -55,8 +54,10 @@ from keras_interbert.data.region_features import read_captions
 from keras_interbert.data.region_features import region_dims
 from keras_interbert.data.region_features import region_files
 from keras_interbert.data.region_features import region_image_ids
-from keras_interbert.data.region_features import region_locations
 from keras_interbert.data.region_features import region_object_classes
+from keras_interbert.preprocessing import masking
+from keras_interbert.preprocessing.pretrainer_preprocessor import (
+    InterBERTPretrainerPreprocessor)
 
 MRM_TARGETS = ("auto", "class_probs", "one_hot", "confidence", "none")
 
@@ -202,17 +203,9 @@ class CaptionIndex:
         return self.table.lookup(image_id)
 
 
-def _row_seeds(seed, positions, salt):
-    """Per-example seeds `[B, 2]`: (seed, salt) and the example's index."""
-    positions = tf.cast(positions, tf.int64)
-    return tf.stack([tf.fill(tf.shape(positions),
-                             tf.constant(seed * 1000003 + salt, tf.int64)),
-                     positions], axis=1)
-
-
 def _row_uniform(seed, positions, salt):
     """One float64 in [0, 1) per example, keyed on (seed, salt, index)."""
-    keys = masking.row_keys(_row_seeds(seed, positions, salt))
+    keys = masking.row_keys(masking.example_seeds(seed, positions, salt))
     return masking.row_uniform(tf.shape(positions), keys)
 
 
@@ -370,11 +363,12 @@ def pretraining_dataset(regions, captions, tokenizer, config=None, split=None):
     config = config or PretrainingDataConfig()
     config.validate()
     source = _prepare(regions, captions, split, config)
+    preprocessor = pretrainer_preprocessor(tokenizer, config)
     if config.bucket_lengths:
-        ds = _bucketed(_example_batches(source, tokenizer, config,
+        ds = _bucketed(_example_batches(source, preprocessor, config,
                                         config.batch_size, False).unbatch(),
                        config)
-        ds = ds.map(lambda e: _finish_batch(e, tokenizer, config),
+        ds = ds.map(lambda e: _finish_batch(e, preprocessor, config),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         # Serialized records are batched first: parsing, checks, layout and
@@ -382,10 +376,30 @@ def pretraining_dataset(regions, captions, tokenizer, config=None, split=None):
         ds = _pairs(source, config).batch(
             config.batch_size, drop_remainder=config.drop_remainder).map(
             lambda position, item: _finish_batch(
-                _example_batch(position, item, source, tokenizer, config),
-                tokenizer, config),
+                _example_batch(position, item, source, preprocessor, config),
+                preprocessor, config),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def pretrainer_preprocessor(tokenizer, config=None):
+    """The `InterBERTPretrainerPreprocessor` that applies `config`'s rules.
+
+    The pipeline draws the pairs (and their ITM labels) over the whole
+    corpus, then hands each batch to this layer's `example_fields` and
+    `finish_batch`; a pretrainer holding it masks raw pairs the same way.
+    """
+    config = config or PretrainingDataConfig()
+    return InterBERTPretrainerPreprocessor(
+        tokenizer, sequence_length=config.sequence_length,
+        max_regions=config.max_regions,
+        negative_probability=config.negative_probability, msm=config.msm,
+        msm_token_probability=config.msm_token_probability, mrm=config.mrm,
+        mrm_probability=config.mrm_probability,
+        mrm_iou_threshold=config.mrm_iou_threshold,
+        global_feature=config.global_feature,
+        msm_positions=config.msm_positions, mrm_positions=config.mrm_positions,
+        itc=config.itc, seed=config.seed)
 
 
 def pretraining_examples(regions, captions, tokenizer, config=None, split=None):
@@ -416,7 +430,8 @@ def pretraining_examples(regions, captions, tokenizer, config=None, split=None):
             probs, [[0, 0], [1, R - tf.shape(probs)[1]], [0, 0]])
         return batch
 
-    ds = _example_batches(source, tokenizer, config, config.batch_size, False)
+    ds = _example_batches(source, pretrainer_preprocessor(tokenizer, config),
+                          config, config.batch_size, False)
     return ds.map(dense_targets).unbatch(), source.index
 
 
@@ -473,22 +488,23 @@ def _pairs(source, config):
     return records.enumerate()
 
 
-def _example_batches(source, tokenizer, config, size, drop_remainder):
+def _example_batches(source, preprocessor, config, size, drop_remainder):
     return _pairs(source, config).batch(size, drop_remainder=drop_remainder).map(
         lambda position, item: _example_batch(position, item, source,
-                                              tokenizer, config),
+                                              preprocessor, config),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _example_batch(position, item, source, tokenizer, config):
+def _example_batch(position, item, source, preprocessor, config):
     """Per-example fields of a batch of records: pairing, caption, regions.
 
-    Every draw is keyed on `(seed, example index)`, so it does not depend on
-    which batch an example falls in.
+    The pairing is drawn here (over the whole corpus); the packed caption,
+    the region layout and masking come from the preprocessor. Every draw is
+    keyed on `(seed, example index)`, so it does not depend on which batch
+    an example falls in.
     """
     index = source.index
     seed = config.seed
-    T = config.sequence_length
     if isinstance(item, tuple):
         serialized, caption_index = item
     else:  # one example per image per pass, with one of its captions
@@ -525,76 +541,23 @@ def _example_batch(position, item, source, tokenizer, config):
     negative = _row_uniform(seed, position, 1) < config.negative_probability
     caption_index = tf.where(negative, other_caption, caption_index)
 
-    pieces = tokenizer(tf.gather(index.texts, caption_index))[:, : T - 2]
-    size = tf.shape(position)[0]
-    packed = tf.concat([tf.fill([size, 1], tokenizer.cls_id),
-                        tf.cast(pieces, tf.int32),
-                        tf.fill([size, 1], tokenizer.sep_id)], axis=1)
-    return {
+    fields = preprocessor.example_fields(
+        tf.gather(index.texts, caption_index), parsed["features"],
+        parsed["boxes"], tf.stack([parsed["image_h"], parsed["image_w"]],
+                                  axis=1),
+        parsed["num_boxes"], position, parsed.get("class_probs"))
+    out = {
         "position": position,
         "image_index": image_index,
         "caption_index": caption_index,
         "itm_labels": tf.cast(negative, tf.int32),
-        "token_ids": packed.to_tensor(default_value=tokenizer.pad_id,
-                                      shape=[None, T]),
-        "length": tf.cast(packed.row_lengths(), tf.int32),
-        **_region_slots(parsed, _row_seeds(seed, position, 4), config),
+        "token_ids": fields["token_ids"],
+        "length": tf.reduce_sum(fields["text_mask"], axis=1),
     }
-
-
-def _region_slots(parsed, seeds, config):
-    """The image slots of a batch with masked region modelling applied.
-
-    Slot 0 is the global image token (mean of the kept regions' features,
-    masked or not as `config.global_feature` says, location [0, 0, 1, 1, 1]),
-    then the first R regions, then zero padding. Masking runs on the kept
-    regions only. `class_probs` keeps the K <= R parsed rows (the targets of
-    slots 1..K).
-    """
-    R = config.max_regions
-    boxes = parsed["boxes"]  # [B, K, 4], zero past each image's regions
-    features = parsed["features"]
-    size = tf.shape(boxes)[0]
-    K = tf.shape(boxes)[1]
-    kept = tf.minimum(parsed["num_boxes"], R)
-    real = tf.sequence_mask(kept, K)
-    if config.mrm == "group":
-        scale = tf.cast(tf.stack([parsed["image_w"], parsed["image_h"]] * 2,
-                                 axis=-1), tf.float32)[:, tf.newaxis]
-        zeroed = masking.mask_region_groups(
-            boxes / scale, real, seeds, parsed["image_h"], parsed["image_w"],
-            probability=config.mrm_probability,
-            iou_threshold=config.mrm_iou_threshold)
-        targets = zeroed
-    else:
-        targets, zeroed = masking.mask_regions_random(real, seeds)
-    masked = features * (1.0 - zeroed)[..., tf.newaxis]
-    count = tf.cast(tf.maximum(kept, 1), tf.float32)[:, tf.newaxis]
-    # Zeroed regions count in the denominator (the original pretraining
-    # code); padded rows are zero and add nothing.
-    mean_of = masked if config.global_feature == "masked_mean" else features
-    global_feature = tf.reduce_sum(mean_of, axis=1) / count
-    pad = R - K
-    feature_dim = features.shape[-1]
-    region_features = tf.concat([
-        global_feature[:, tf.newaxis], masked,
-        tf.zeros(tf.stack([size, pad, tf.shape(features)[2]]), features.dtype),
-    ], axis=1)
-    # Padded rows are zero boxes, so their locations are zero too.
-    locations = region_locations(boxes, parsed["image_h"][:, tf.newaxis],
-                                 parsed["image_w"][:, tf.newaxis])
-    region_locs = tf.concat([
-        tf.tile(tf.constant([[[0.0, 0.0, 1.0, 1.0, 1.0]]]), [size, 1, 1]),
-        locations, tf.zeros(tf.stack([size, pad, 5]))], axis=1)
-    out = {
-        "region_features": tf.ensure_shape(region_features,
-                                           [None, R + 1, feature_dim]),
-        "region_locations": tf.ensure_shape(region_locs, [None, R + 1, 5]),
-        "region_mask": tf.sequence_mask(kept + 1, R + 1, dtype=tf.int32),
-        "mrm_weights": tf.pad(tf.cast(targets, tf.float32), [[0, 0], [1, pad]]),
-    }
-    if "class_probs" in parsed:
-        out["class_probs"] = parsed["class_probs"]
+    for name in ("region_features", "region_locations", "region_mask",
+                 "mrm_weights", "class_probs"):
+        if name in fields:
+            out[name] = fields[name]
     return out
 
 
@@ -613,93 +576,18 @@ def _bucketed(ds, config):
         window_size=config.batch_size)
 
 
-def _finish_batch(batch, tokenizer, config):
+def _finish_batch(batch, preprocessor, config):
     """Text masking and the model's `(x, y)` from a batch of examples."""
-    seed = config.seed
     T = config.sequence_length
     if config.bucket_lengths:
         lengths = tf.constant(config.bucket_lengths, tf.int32)
         longest = tf.reduce_max(batch["length"])
         T = tf.gather(lengths, tf.argmax(tf.cast(lengths >= longest, tf.int32)))
-    token_ids = batch["token_ids"][:, :T]
-    text_mask = tf.sequence_mask(batch["length"], T, dtype=tf.int32)
-    msm_seeds = _row_seeds(seed, batch["position"], 3)
-    vocabulary_size = int(tokenizer.vocabulary_size())
-    if config.msm == "span":
-        masked_ids, msm_labels, msm_weights = masking.mask_segment_span(
-            token_ids, text_mask, msm_seeds, vocabulary_size,
-            tokenizer.mask_id, cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id)
-    else:
-        masked_ids, msm_labels, msm_weights = masking.mask_tokens_bert(
-            token_ids, text_mask, msm_seeds, vocabulary_size,
-            tokenizer.mask_id, cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id,
-            probability=config.msm_token_probability)
-
-    x = {}
-    if config.msm_positions:
-        # Target positions first (in order), padded with weight-0 entries to
-        # a multiple of 8: exact, and only a handful of shapes to compile.
-        counts = tf.reduce_sum(tf.cast(msm_weights > 0, tf.int32), axis=1)
-        width = tf.minimum(tf.shape(token_ids)[1],
-                           8 * ((tf.maximum(tf.reduce_max(counts), 1) + 7) // 8))
-        order = tf.argsort(tf.cast(msm_weights > 0, tf.int32), axis=1,
-                           direction="DESCENDING", stable=True)[:, :width]
-        x["msm_positions"] = order
-        msm_labels = tf.gather(msm_labels, order, batch_dims=1)
-        msm_weights = tf.gather(msm_weights, order, batch_dims=1)
-    y = {}
-    if "class_probs" in batch:
-        mrm_targets, mrm_weights, mrm_positions = _region_targets(
-            batch["mrm_weights"], batch["class_probs"], config)
-        if mrm_positions is not None:
-            x["mrm_positions"] = mrm_positions
-        y = {"mrm_targets": mrm_targets, "mrm_weights": mrm_weights}
-    if config.itc:
-        x["itc_token_ids"] = token_ids
-    x.update({
-        "token_ids": masked_ids,
-        "segment_ids": tf.zeros_like(masked_ids),
-        "text_mask": text_mask,
-        "region_features": batch["region_features"],
-        "region_locations": batch["region_locations"],
-        "region_mask": batch["region_mask"],
-    })
-    y = {
-        "msm_labels": msm_labels,
-        "msm_weights": msm_weights,
-        **y,
-        "itm_labels": batch["itm_labels"],
-    }
-    return x, y
-
-
-def _region_targets(slot_weights, class_probs, config):
-    """`(mrm_targets, mrm_weights, mrm_positions or None)` of a batch.
-
-    `slot_weights` `[B, R+1]` marks the target slots; `class_probs`
-    `[B, K, C]` holds the distributions of slots 1..K.
-    """
-    R = config.max_regions
-    K = tf.shape(class_probs)[1]
-    if not config.mrm_positions:
-        targets = tf.pad(class_probs, [[0, 0], [1, R - K], [0, 0]])
-        return targets, slot_weights, None
-    # The targets' slots in order, padded with weight-0 entries (slot 0, zero
-    # distribution) to the batch's largest count rounded up to a multiple of
-    # 4 (at least 4): few shapes to compile.
-    is_target = tf.cast(slot_weights[:, 1:] > 0, tf.int32)
-    count = tf.reduce_max(tf.reduce_sum(is_target, axis=1))
-    width = 4 * ((tf.maximum(count, 1) + 3) // 4)
-    order = tf.argsort(is_target, axis=1, direction="DESCENDING",
-                       stable=True)[:, :width]
-    chosen = tf.gather(is_target, order, batch_dims=1)
-    pad = [[0, 0], [0, width - tf.shape(order)[1]]]
-    positions = tf.pad((order + 1) * chosen, pad)
-    # Target slots are real regions, so their rows lie below K.
-    targets = tf.gather(class_probs, tf.minimum(order, K - 1), batch_dims=1)
-    targets = tf.pad(targets * tf.cast(chosen, targets.dtype)[..., tf.newaxis],
-                     pad + [[0, 0]])
-    return targets, tf.pad(tf.cast(chosen, tf.float32), pad), positions
+    fields = dict(batch, token_ids=batch["token_ids"][:, :T],
+                  text_mask=tf.sequence_mask(batch["length"], T,
+                                             dtype=tf.int32))
+    return preprocessor.finish_batch(fields, batch["itm_labels"],
+                                     batch["position"])
 
 
 def numpy_batches(dataset, count):

@@ -21,8 +21,9 @@ from keras_interbert.data.errors import ErrorReport
 from keras_interbert.data.errors import PolicyHandler
 from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.errors import check_policy
-from keras_interbert.preprocessing.region_packer import GLOBAL_LOCATION
+from keras_interbert.preprocessing.region_packer import pack_regions
 from keras_interbert.preprocessing.region_packer import region_locations
+from keras_interbert.preprocessing.region_packer import slot_values
 from keras_interbert.utils.atomic import atomic_path
 from keras_interbert.utils.atomic import fsync_path
 from keras_interbert.utils.atomic import write_json_atomically
@@ -1633,38 +1634,27 @@ def to_backbone_regions(
                     "numbers of rows")]):
         feats = tf.identity(feats)
 
-    kept = tf.minimum(num, max_regions)
-    pad = max_regions - kept
-    denom_all = tf.cast(tf.maximum(num, 1), tf.float32)
-    denom_kept = tf.cast(tf.maximum(kept, 1), tf.float32)
-    if global_feature == "all_regions":
-        global_feat = tf.reduce_sum(feats, axis=0, keepdims=True) / denom_all
-    else:
-        global_feat = (tf.reduce_sum(feats[:kept], axis=0, keepdims=True)
-                       / denom_kept)
-
-    def slots(values, first):
-        body = tf.pad(values[:kept], [[0, pad], [0, 0]])
-        return tf.concat([first, body], axis=0)
-
-    region_features = slots(feats, global_feat)
-    locs = region_locations(boxes, example["image_h"], example["image_w"])
-    region_locs = slots(locs, tf.constant([GLOBAL_LOCATION]))
-    region_boxes = slots(locs[:, :4], tf.constant([[0.0, 0.0, 1.0, 1.0]]))
-    region_mask = tf.concat([
-        tf.ones([kept + 1], tf.int32), tf.zeros([pad], tf.int32)], axis=0)
-
+    # The one layout (`InterBERTRegionPacker`), on a batch of one image.
+    size = tf.stack([example["image_h"], example["image_w"]])[tf.newaxis]
+    slots = pack_regions(feats[tf.newaxis], boxes[tf.newaxis], size,
+                         num[tf.newaxis], max_regions,
+                         global_feature=global_feature)
+    slots = {k: v[0] for k, v in slots.items()}
     slots_n = max_regions + 1
     out = {
         "region_features": tf.ensure_shape(
-            region_features, [slots_n, feature_dim]),
-        "region_locations": tf.ensure_shape(region_locs, [slots_n, 5]),
-        "region_mask": tf.ensure_shape(region_mask, [slots_n]),
-        "region_boxes": tf.ensure_shape(region_boxes, [slots_n, 4]),
+            slots["region_features"], [slots_n, feature_dim]),
+        "region_locations": tf.ensure_shape(slots["region_locations"],
+                                            [slots_n, 5]),
+        "region_mask": tf.ensure_shape(slots["region_mask"], [slots_n]),
+        # Slot 0's box is the whole image, [0, 0, 1, 1].
+        "region_boxes": tf.ensure_shape(
+            slots["region_locations"][:, :4], [slots_n, 4]),
     }
     if include_class_probs and "class_probs" in example:
         probs = example["class_probs"]  # float32 or float16, kept as read
-        zero = tf.zeros([1, tf.shape(probs)[1]], probs.dtype)
         out["region_class_probs"] = tf.ensure_shape(
-            slots(probs, zero), [slots_n, probs.shape[-1]])
+            slot_values(tf.zeros([tf.shape(probs)[1]], probs.dtype), probs,
+                        tf.minimum(num, max_regions), max_regions),
+            [slots_n, probs.shape[-1]])
     return out

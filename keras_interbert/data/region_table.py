@@ -12,16 +12,18 @@ from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.region_features import read_manifest
 from keras_interbert.data.region_features import region_dataset
 from keras_interbert.data.region_features import region_files
-from keras_interbert.preprocessing.region_packer import GLOBAL_LOCATION
+from keras_interbert.preprocessing.region_packer import mean_of_first
 from keras_interbert.preprocessing.region_packer import region_locations
+from keras_interbert.preprocessing.region_packer import region_slots
 
 
 class RegionTable:
     """The backbone region slots of every image of a split, held in memory.
 
-    Each image gets the layout of `to_backbone_regions`: slot 0 the global
-    token (mean of the image's region features, location `[0, 0, 1, 1, 1]`),
-    then its first `max_regions` regions, then padding. The table keeps the
+    Each image gets the layout of `InterBERTRegionPacker` (its functions
+    `mean_of_first` and `region_slots`): slot 0 the global token (mean of
+    the image's region features, location `[0, 0, 1, 1, 1]`), then its
+    first `max_regions` regions, then padding. The table keeps the
     kept regions packed (no padding) and pads only when gathering, inside the
     graph, so any image can be paired with any caption.
 
@@ -134,17 +136,13 @@ class RegionTable:
         paths = region_files(regions, split)
 
         def slots(example):
-            # The same arithmetic as `to_backbone_regions`, without the
-            # padding, so the table's slots equal its output.
+            # What `InterBERTRegionPacker` puts in the slots, without the
+            # padding (`gather` adds it): its global mean and locations.
             feats = example["features"]
             num = tf.shape(feats)[0]
             kept = tf.minimum(num, max_regions)
-            if global_feature == "all_regions":
-                mean = tf.reduce_sum(feats, axis=0) / tf.cast(
-                    tf.maximum(num, 1), tf.float32)
-            else:
-                mean = tf.reduce_sum(feats[:kept], axis=0) / tf.cast(
-                    tf.maximum(kept, 1), tf.float32)
+            mean = mean_of_first(
+                feats, num if global_feature == "all_regions" else kept)
             locs = region_locations(example["boxes"], example["image_h"],
                                     example["image_w"])
             return {"image_id": example["image_id"], "global": mean,
@@ -202,21 +200,13 @@ class RegionTable:
         starts = tf.gather(self._starts, index)
         kept = tf.gather(self._kept, index)
         offsets = tf.range(R, dtype=tf.int64)
-        valid = offsets < kept[..., tf.newaxis]
-        rows = tf.where(valid, starts[..., tf.newaxis] + offsets, 0)
-        weight = tf.cast(valid, tf.float32)[..., tf.newaxis]
-        feats = tf.cast(tf.gather(self._features, rows), tf.float32) * weight
-        locs = tf.gather(self._locations, rows) * weight
-        first = tf.gather(self._global, index)[..., tf.newaxis, :]
-        shape = tf.concat([tf.shape(index), [1, 5]], axis=0)
-        first_loc = tf.broadcast_to(tf.constant(GLOBAL_LOCATION), shape)
-        mask = tf.concat([tf.ones_like(kept[..., tf.newaxis], tf.int32),
-                          tf.cast(valid, tf.int32)], axis=-1)
-        return {
-            "region_features": tf.concat([first, feats], axis=-2),
-            "region_locations": tf.concat([first_loc, locs], axis=-2),
-            "region_mask": mask,
-        }
+        # Rows past an image's regions read row 0; `region_slots` zeroes them.
+        rows = tf.where(offsets < kept[..., tf.newaxis],
+                        starts[..., tf.newaxis] + offsets, 0)
+        return region_slots(
+            tf.gather(self._global, index),
+            tf.cast(tf.gather(self._features, rows), tf.float32),
+            tf.gather(self._locations, rows), kept, R)
 
 
 def _count_images(paths):

@@ -46,6 +46,10 @@ class InterBERTPretrainer(BackboneTask):
             so its first steps follow whatever the fused vector already
             says about matching (see docs/pretraining.md) instead of
             undoing a random start.
+        preprocessor: optional `InterBERTPretrainerPreprocessor`; with it,
+            `fit`, `evaluate` and `predict` take raw caption-image pairs
+            (see `keras_interbert.preprocessing`), and the `.keras` file
+            keeps it.
         dtype: dtype policy of the heads.
 
     Examples:
@@ -64,7 +68,8 @@ class InterBERTPretrainer(BackboneTask):
 
     def __init__(self, backbone, num_region_classes, itm_dropout=0.1,
                  contrastive=False, contrastive_dim=None,
-                 itm_initializer=None, dtype=None, **kwargs):
+                 itm_initializer=None, preprocessor=None, dtype=None,
+                 **kwargs):
         # === Layers ===
         self.backbone = backbone
         init = backbone_kernel_initializer(backbone)
@@ -128,6 +133,7 @@ class InterBERTPretrainer(BackboneTask):
             for task in TASK_METRICS
             for name, _ in TASK_METRICS[task]
         }
+        self.set_preprocessor(preprocessor)
 
     extra_input_names = ("msm_positions", "mrm_positions", "itc_token_ids")
 

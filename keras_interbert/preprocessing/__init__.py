@@ -9,3 +9,5 @@ from keras_interbert.preprocessing.multiple_choice_preprocessor import (
     InterBERTMultipleChoicePreprocessor)
 from keras_interbert.preprocessing.text_classifier_preprocessor import (
     InterBERTTextClassifierPreprocessor)
+from keras_interbert.preprocessing.pretrainer_preprocessor import (
+    InterBERTPretrainerPreprocessor)

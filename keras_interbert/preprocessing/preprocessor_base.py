@@ -13,21 +13,23 @@ PREPROCESSOR_CONFIG = "preprocessor.json"
 VOCABULARY_FILE = "vocabulary.txt"
 
 
-def check_raw_inputs(x, names, owner):
-    """Refuses anything but a dict holding exactly `names`, naming the key."""
+def check_raw_inputs(x, names, owner, optional=()):
+    """Refuses anything but a dict holding exactly `names` (and any of
+    `optional`), naming the key."""
     if not isinstance(x, dict):
         raise ValueError(f"{owner} takes a dict of raw inputs {list(names)}; "
                          f"received {type(x).__name__}.")
     missing = [n for n in names if n not in x]
-    extra = sorted(k for k in x if k not in names)
+    extra = sorted(k for k in x if k not in names and k not in optional)
     if missing or extra:
         problems = []
         if missing:
             problems.append(f"missing {missing}")
         if extra:
             problems.append(f"unexpected {extra}")
+        allowed = (f"; optional {list(optional)}" if optional else "")
         raise ValueError(f"{owner}: raw inputs {'; '.join(problems)}; "
-                         f"expected exactly {list(names)}.")
+                         f"expected exactly {list(names)}{allowed}.")
 
 
 def checked_text(x, name, owner):
