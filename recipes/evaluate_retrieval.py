@@ -100,10 +100,17 @@ def main(argv=None):
     print(f"{args.split}: {evaluation.num_images} images, "
           f"{evaluation.num_captions} captions, {evaluation.num_pairs} pairs.")
 
-    os.makedirs(args.out, exist_ok=True)
+    from keras_interbert.evaluation.grid_scoring import partial_paths
+    from keras_interbert.utils.run_directory import claim_output_directory
+
     metrics_path = os.path.join(args.out, "retrieval_metrics.json")
     plot_path = os.path.join(args.out, "retrieval_recall.png")
     scores_path = os.path.join(args.out, "scores_full.npz")
+    # Somebody else's folder is refused; an earlier evaluation's is reused
+    # (its score files are checked against this model and data).
+    claim_output_directory(args.out, "evaluation", own_names=[
+        os.path.basename(p) for p in (metrics_path, plot_path, scores_path,
+                                      *partial_paths(scores_path))])
     # A result of an earlier run must not pass for this one's.
     for stale in (metrics_path, plot_path):
         if os.path.exists(stale):

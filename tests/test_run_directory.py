@@ -47,3 +47,41 @@ def test_a_file_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="is not a directory"):
         fresh_run_directory(str(path), "quickstart")
     assert path.read_text() == "a file"
+
+
+# claim_output_directory: the evaluation's guard (its files check themselves).
+
+OWN = ["retrieval_metrics.json", "scores_full.npz"]
+
+
+def test_an_output_directory_is_marked_and_then_reused_as_it_is(tmp_path):
+    from keras_interbert.utils.run_directory import claim_output_directory
+
+    out = tmp_path / "eval"
+    claim_output_directory(str(out), "evaluation", OWN)
+    assert os.listdir(out) == [".keras_interbert_evaluation"]
+    (out / "scores_full.npz").write_text("scores")
+    (out / "notes.txt").write_text("a user's note in an owned folder")
+    claim_output_directory(str(out), "evaluation", OWN)
+    assert (out / "scores_full.npz").read_text() == "scores"
+    assert (out / "notes.txt").exists()
+
+
+def test_an_unmarked_folder_of_the_programs_own_files_is_adopted(tmp_path):
+    from keras_interbert.utils.run_directory import claim_output_directory
+
+    (tmp_path / "retrieval_metrics.json").write_text("{}")
+    claim_output_directory(str(tmp_path), "evaluation", OWN)
+    assert sorted(os.listdir(tmp_path)) == [".keras_interbert_evaluation",
+                                            "retrieval_metrics.json"]
+
+
+def test_an_output_directory_holding_other_files_is_refused(tmp_path):
+    from keras_interbert.utils.run_directory import claim_output_directory
+
+    (tmp_path / "retrieval_metrics.json").write_text("{}")
+    (tmp_path / "pretrained.keras").write_text("somebody's model")
+    with pytest.raises(SystemExit, match="not written by the evaluation"):
+        claim_output_directory(str(tmp_path), "evaluation", OWN)
+    assert sorted(os.listdir(tmp_path)) == ["pretrained.keras",
+                                            "retrieval_metrics.json"]

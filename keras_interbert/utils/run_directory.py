@@ -14,6 +14,10 @@ points:
 - `fresh_run_directory`: for a program that tells its story from scratch
   every time (the quickstart, each ablation variant): its own earlier run is
   emptied, anybody else's folder is refused.
+- `claim_output_directory`: for a program whose outputs check themselves
+  (the retrieval evaluation: its score files carry a fingerprint of the
+  model, data and batching): its own folder is reused with any arguments,
+  anybody else's refused.
 """
 import json
 import os
@@ -186,3 +190,34 @@ def fresh_run_directory(path, owner):
     write_json_atomically(marker, {
         "written_by": f"keras_interbert {owner}", "owner": owner,
         "note": "emptied on every run"})
+
+
+def claim_output_directory(path, owner, own_names=()):
+    """Takes `path` for `owner`, whose outputs check themselves on reuse.
+
+    A new or empty folder is created and marked; a folder with `owner`'s
+    mark is reused as it is (whatever the arguments: the program validates
+    its own files, e.g. a score file's fingerprint); a folder written before
+    marks existed is adopted when every entry is one of `own_names` (the
+    program's own file names); anything else is refused, never written into.
+
+    Args:
+        path: the output folder.
+        owner: the program's short name, e.g. `"evaluation"`.
+        own_names: the names the program writes in the folder.
+
+    Raises:
+        SystemExit: `path` is a file, or a non-empty folder holding other
+            files without `owner`'s mark.
+    """
+    path = os.fspath(path)
+    _check_folder(path)
+    marker = marker_path(path, owner)
+    if os.path.isdir(path) and os.listdir(path) and not os.path.exists(marker):
+        if set(os.listdir(path)) - set(own_names):
+            raise _foreign(path, owner)
+    os.makedirs(path, exist_ok=True)
+    if not os.path.exists(marker):
+        write_json_atomically(marker, {
+            "written_by": f"keras_interbert {owner}", "owner": owner,
+            "note": "reused by later runs; its files check themselves"})
