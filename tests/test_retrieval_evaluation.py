@@ -391,7 +391,8 @@ def test_recipe_end_to_end(bundle, tmp_path):
     code, printed = _run(recipe, *common)
     assert code == 0
     assert "Resumed full scoring at pair 256." in printed
-    assert sorted(os.listdir(out)) == ["retrieval_metrics.json",
+    assert sorted(os.listdir(out)) == [".keras_interbert_evaluation",
+                                       "retrieval_metrics.json",
                                        "retrieval_recall.png",
                                        "scores_full.npz"]
     with open(os.path.join(out, "retrieval_recall.png"), "rb") as f:
