@@ -1,24 +1,50 @@
-"""Pretraining throughput, model FLOPs utilisation and peak memory.
+"""Pretraining throughput side by side with the authors' PyTorch code, in one run.
 
-For each backend (TensorFlow with and without XLA, JAX, PyTorch) and each
-configuration (tiny, small, published) this runs `fit` steps of
-`InterBERTPretrainer` on a fixed batch at the published input shapes (batch
-8, 36 text tokens, 37 image slots, 2048-d features, 1601 region classes) in a
-fresh process, and reports image-text pairs per second, achieved FLOP/s, the
-model FLOPs utilisation against a float32 matrix-product peak measured in the
-same process, and the process's peak resident memory.
+For each configuration this times, in fresh child processes run one after the
+other on the same machine, the pretraining step of
 
-Reference (docs/architecture.md §9): the original PyTorch code trains the
-published configuration at about 2.5 pairs/s on this class of machine (2
-cores, fp32); a ratio is only exact when a checkout of the authors' code is
-timed in the same run on the same machine. Targets: fastest backend >= 3.8 pairs/s, TensorFlow >= 2.5.
+- the authors' code (`--original DIR`: a checkout of their repository; its
+  `bertmodel/` package is imported from there, nothing of it is copied):
+  their `InterBertForMultiModalPreTraining` forward with the three losses,
+  backward, and their `BertAdam` (per-parameter clipping to norm 1, weight
+  decay 0.01), as their `train_concap.py` trains; `--original-optimizer
+  torch_adamw` uses `torch.optim.AdamW` instead;
+- ours, `InterBERTPretrainer.fit` with `pretraining_optimizer` (per-variable
+  clipping, decay groups), under each backend variant (TensorFlow,
+  TensorFlow + XLA, JAX, PyTorch; `KERAS_BACKEND` is fixed per process, so
+  each variant is its own process), in two forms:
+  `targets`: the step as `pretraining_dataset` feeds it, vocabulary and
+  region-class logits only at the target positions (`msm_positions`,
+  `mrm_positions`); `dense`: logits at every text position and every image
+  slot, as the original computes them.
 
-    .venv/bin/python benchmarks/training_throughput.py                 # everything
+Both sides see the same shapes and the same targets: batch 8, 36 text
+tokens, 37 image slots (slot 0 the global image token), 2048-d features,
+1601 region classes, 9 masked tokens and 4 masked regions per pair, float32.
+The original runs before the first of ours and again after every
+`--original-every` of ours (and at the end), so each of our rows has an
+original run on either side of it; its ratio divides by the mean of those
+two. Every child also measures a float32 matrix-product peak (best of
+several 2048 x 2048 products with its own framework) in the same process;
+utilisation = model FLOPs per step / step time / that peak, with model FLOPs
+= 3 x the forward matrix-product FLOPs of the step actually run
+(`model_flops_per_pair`; the `targets` step does fewer). Memory: the child
+process's peak resident set (`ru_maxrss`), imports included; a `targets`
+row is the peak after its own steps, a `dense` row after both (it runs
+second), so the dense one is an upper bound of its own.
+
+    .venv/bin/python benchmarks/training_throughput.py --original ../shared/original \\
+        --out reports/training_throughput
+    # quick check on a smaller configuration (the original built to match):
+    .venv/bin/python benchmarks/training_throughput.py --original DIR --configs small \\
+        --variants tensorflow jax --steps 3
+    # ours only, no original:
     .venv/bin/python benchmarks/training_throughput.py --configs tiny --variants jax
 """
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -29,19 +55,46 @@ VARIANTS = {
     "jax": {"KERAS_BACKEND": "jax", "jit": "true"},
     "torch": {"KERAS_BACKEND": "torch", "jit": "false"},
 }
+LABELS = {"original": "authors' PyTorch code", "tensorflow": "TensorFlow",
+          "tensorflow_xla": "TensorFlow + XLA", "jax": "JAX",
+          "torch": "PyTorch"}
 CONFIGS = {
     "tiny": "interbert_tiny_en",
     "small": "interbert_small_en",
     "published": "interbert_base_en",
 }
+TEXT_LEN, SLOTS, NUM_CLASSES = 36, 37, 1601
+# The targets of the benchmark batch: tokens 3..11 of every caption and
+# regions 1..4 (slots 1..4), as many as span masking and group masking give
+# a 36-token caption and 36 regions on average, rounded up.
+MSM_TARGETS = list(range(3, 12))
+MRM_TARGET_SLOTS = [1, 2, 3, 4]
+# What `pretraining_dataset` feeds for these targets: positions padded to a
+# multiple of 8 (tokens) and of 4 (regions).
+MSM_WIDTH = 8 * ((len(MSM_TARGETS) + 7) // 8)
+MRM_WIDTH = 4 * ((len(MRM_TARGET_SLOTS) + 3) // 4)
 
 
-def model_flops_per_pair(config, text_len=36, slots=37, num_classes=1601):
-    """Forward FLOPs of one pair (multiply-adds x 2), the dense and attention parts."""
+def model_flops_per_pair(config, text_len=TEXT_LEN, slots=SLOTS,
+                         num_classes=NUM_CLASSES, msm_positions=None,
+                         mrm_positions=None):
+    """Forward matrix-product FLOPs of one pair (multiply-adds x 2).
+
+    `config` is a backbone config (`preset_backbone_config`). The image
+    embedding (features and boxes), every transformer layer (query, key,
+    value, output, the two feed-forward products and the two attention
+    products), both poolers, the matching classifier, and the two heads:
+    the masked-segment head at `msm_positions` positions (every text
+    position when `None`) and the masked-region head at `mrm_positions`
+    slots (every slot when `None`). Embedding lookups, layer norms,
+    softmax and activations are not counted.
+    """
     H, V = config["hidden_dim"], config["vocabulary_size"]
     F, Fi = config["intermediate_dim"], config["image_intermediate_dim"]
     D, P = config["image_feature_dim"], config["pooled_dim"]
     L = text_len + slots
+    msm = text_len if msm_positions is None else msm_positions
+    mrm = slots if mrm_positions is None else mrm_positions
 
     def layer(tokens, ffn, keys):
         dense = 2 * tokens * (4 * H * H + 2 * H * ffn)
@@ -53,17 +106,295 @@ def model_flops_per_pair(config, text_len=36, slots=37, num_classes=1601):
     flops += config["num_text_layers"] * layer(text_len, F, text_len)
     flops += config["num_image_layers"] * layer(slots, Fi, slots)
     flops += 2 * 2 * H * P + 2 * P * 2
-    flops += 2 * text_len * (H * H + H * V)  # MSM head, every position
-    flops += 2 * slots * (H * H + H * num_classes)  # MRM head
+    flops += 2 * msm * (H * H + H * V)
+    flops += 2 * mrm * (H * H + H * num_classes)
     return flops
 
 
-def worker(args):
-    """Runs in the child process: one backend variant, one configuration."""
+def step_flops(config, batch_size, heads):
+    """Model FLOPs of one training step: 3 x forward (backward = 2 x)."""
+    if heads == "targets":
+        per_pair = model_flops_per_pair(config, msm_positions=MSM_WIDTH,
+                                        mrm_positions=MRM_WIDTH)
+    else:
+        per_pair = model_flops_per_pair(config)
+    return 3 * per_pair * batch_size
+
+
+def original_config(config, num_classes=NUM_CLASSES):
+    """The authors' `BertConfig` fields for one of our backbone configs."""
+    return {
+        "vocab_size": config["vocabulary_size"],
+        "hidden_size": config["hidden_dim"],
+        "num_hidden_layers": config["num_single_stream_layers"],
+        "t_num_hidden_layers": config["num_text_layers"],
+        "num_attention_heads": config["num_heads"],
+        "intermediate_size": config["intermediate_dim"],
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": config["dropout"],
+        "attention_probs_dropout_prob": config["attention_dropout"],
+        "max_position_embeddings": config["max_sequence_length"],
+        "type_vocab_size": config["num_segments"],
+        "initializer_range": config.get("initializer_range", 0.02),
+        "v_feature_size": config["image_feature_dim"],
+        "v_target_size": num_classes,
+        "v_hidden_size": config["hidden_dim"],
+        "v_num_hidden_layers": config["num_image_layers"],
+        "v_num_attention_heads": config["num_image_heads"],
+        "v_intermediate_size": config["image_intermediate_dim"],
+        "v_attention_probs_dropout_prob": config["image_attention_dropout"],
+        "v_hidden_act": "gelu",
+        "v_hidden_dropout_prob": config["image_dropout"],
+        "bi_hidden_size": config["pooled_dim"],
+        "predict_feature": False,
+        "fast_mode": False,
+        "in_batch_pairs": False,
+        "fusion_method": "mul",
+    }
+
+
+def benchmark_batch(batch_size, vocabulary_size, feature_dim, seed=0):
+    """The batch both sides train on, as numpy: ids, features, targets."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    B, T, S = batch_size, TEXT_LEN, SLOTS
+    probs = rng.random((B, S - 1, NUM_CLASSES)).astype("float32")
+    probs /= probs.sum(-1, keepdims=True)
+    return {
+        "token_ids": rng.integers(1000, vocabulary_size, (B, T)).astype("int32"),
+        "region_features": rng.random((B, S, feature_dim)).astype("float32"),
+        "region_locations": rng.random((B, S, 5)).astype("float32"),
+        "class_probs": probs,  # slots 1..S-1
+        "itm_labels": (np.arange(B) % 2).astype("int32"),
+    }
+
+
+def matmul_peak(matmul, to_numpy, n=2048, repeats=5):
+    """Best float32 n x n matrix-product rate (FLOP/s) of a framework."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    a = rng.random((n, n)).astype("float32")
+    b = rng.random((n, n)).astype("float32")
+    a, b = matmul.prepare(a), matmul.prepare(b)
+    to_numpy(matmul(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        to_numpy(matmul(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+class _Matmul:
+    def __init__(self, fn, prepare):
+        self.fn, self.prepare = fn, prepare
+
+    def __call__(self, a, b):
+        return self.fn(a, b)
+
+
+def _peak_rss_gib():
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def _cpu_seconds():
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _stats(times, batch_size, cpu_seconds=None):
+    import numpy as np
+
+    step = float(np.median(times))
+    stats = {"step_seconds": step, "step_times": [round(t, 4) for t in times],
+             "pairs_per_second": batch_size / step}
+    if cpu_seconds is not None:
+        # Process CPU time (all threads) per timed step: less disturbed by
+        # other jobs than wall time, though spinning threads inflate it.
+        stats["cpu_seconds_per_step"] = cpu_seconds / len(times)
+    return stats
+
+
+# === The authors' code (child process) ===
+
+def _import_original(directory):
+    """The authors' `bertmodel` package from `directory`.
+
+    Their `bertmodel/utils.py` imports boto3, botocore, requests and
+    tensorboardX at module level for downloads and logging that a training
+    step never uses; where those are not installed, empty stand-ins are
+    registered so that the import succeeds.
+    """
+    import importlib.util
+    import types
+
+    def stand_in(name, **attributes):
+        if importlib.util.find_spec(name.split(".")[0]) is not None:
+            return
+        module = types.ModuleType(name)
+        for key, value in attributes.items():
+            setattr(module, key, value)
+        sys.modules[name] = module
+
+    stand_in("boto3")
+    stand_in("botocore")
+    if "botocore" in sys.modules and not hasattr(sys.modules["botocore"],
+                                                 "__path__"):
+        sys.modules["botocore.exceptions"] = types.ModuleType(
+            "botocore.exceptions")
+        sys.modules["botocore.exceptions"].ClientError = Exception
+    stand_in("requests")
+    stand_in("tensorboardX", SummaryWriter=object)
+    stand_in("tqdm", tqdm=lambda iterable=None, **kwargs: iterable)
+    sys.path.insert(0, os.path.abspath(directory))
+    from bertmodel import modules
+    from bertmodel import optimization
+
+    return modules, optimization
+
+
+def original_worker(args):
+    import numpy as np
+    import torch
+
+    from keras_interbert.presets import preset_backbone_config
+
+    config = preset_backbone_config(CONFIGS[args.config])
+    fields = original_config(config)
+    if args.config == "published":
+        # The authors' own published file, checked against ours.
+        path = os.path.join(args.original, "config",
+                            "bert_base_6layer_interbert.json")
+        with open(path) as f:
+            published = json.load(f)
+        differ = {k: (published[k], v) for k, v in fields.items()
+                  if k in published and published[k] != v}
+        if differ:
+            raise SystemExit(f"{path} differs from interbert_base_en: {differ}")
+        fields = {**fields, **published}
+    modules, optimization = _import_original(args.original)
+    bert_config = modules.BertConfig.from_dict(fields)
+    for key, value in fields.items():  # from_dict skips absent defaults
+        setattr(bert_config, key, value)
+    torch.manual_seed(0)
+    model = modules.InterBertForMultiModalPreTraining(bert_config).train()
+    if args.original_optimizer == "bertadam":
+        optimizer = optimization.BertAdam(
+            model.parameters(), lr=1e-4, warmup=0.1, t_total=100000,
+            weight_decay=0.01, max_grad_norm=1.0)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4,
+                                      weight_decay=0.01)
+    B, T, S = args.batch_size, TEXT_LEN, SLOTS
+    batch = benchmark_batch(B, fields["vocab_size"], fields["v_feature_size"])
+    ids = torch.from_numpy(batch["token_ids"]).long()
+    features = torch.from_numpy(batch["region_features"])
+    locations = torch.from_numpy(batch["region_locations"])
+    text_mask = torch.ones(B, T, dtype=torch.long)
+    image_mask = torch.ones(B, S, dtype=torch.long)
+    joint_mask = torch.cat([image_mask, text_mask], 1)
+    lm_labels = torch.full((B, T), -1, dtype=torch.long)
+    lm_labels[:, MSM_TARGETS] = ids[:, MSM_TARGETS]
+    image_label = torch.zeros(B, S - 1, dtype=torch.long)
+    image_label[:, [s - 1 for s in MRM_TARGET_SLOTS]] = 1
+    image_target = torch.from_numpy(batch["class_probs"])
+    itm_labels = torch.from_numpy(batch["itm_labels"]).long()
+    segments = torch.zeros_like(ids)
+
+    def step():
+        optimizer.zero_grad()
+        msm, mrm, itm = model(ids, features, locations, segments, text_mask,
+                              image_mask, joint_mask, lm_labels, image_label,
+                              image_target, itm_labels)
+        (msm + mrm + itm).sum().backward()
+        optimizer.step()
+
+    peaks = [matmul_peak(_Matmul(torch.matmul, torch.from_numpy),
+                         lambda t: t.numpy())]
+    times = []
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            cpu = _cpu_seconds()
+        start = time.perf_counter()
+        step()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    cpu = _cpu_seconds() - cpu
+    peaks.append(matmul_peak(_Matmul(torch.matmul, torch.from_numpy),
+                             lambda t: t.numpy()))
+    result = {"side": "original", "heads": "dense",
+              "optimizer": args.original_optimizer,
+              "threads": torch.get_num_threads(),
+              "torch": torch.__version__,
+              "peak_gflops": max(peaks) / 1e9,
+              "peak_rss_gib": _peak_rss_gib(),
+              "parameters": sum(p.numel() for p in model.parameters()),
+              **_stats(times, B, cpu)}
+    return [result]
+
+
+# === Ours (child process) ===
+
+def our_batches(batch_size, config):
+    """`{heads: (x, y)}` for the `targets` and `dense` steps, numpy."""
+    import numpy as np
+
+    B, T, S = batch_size, TEXT_LEN, SLOTS
+    batch = benchmark_batch(B, config["vocabulary_size"],
+                            config["image_feature_dim"])
+    x = {
+        "token_ids": batch["token_ids"],
+        "segment_ids": np.zeros((B, T), "int32"),
+        "text_mask": np.ones((B, T), "int32"),
+        "region_features": batch["region_features"],
+        "region_locations": batch["region_locations"],
+        "region_mask": np.ones((B, S), "int32"),
+    }
+    msm_weights = np.zeros((B, T), "float32")
+    msm_weights[:, MSM_TARGETS] = 1
+    mrm_weights = np.zeros((B, S), "float32")
+    mrm_weights[:, MRM_TARGET_SLOTS] = 1
+    targets = np.concatenate(
+        [np.zeros((B, 1, NUM_CLASSES), "float32"), batch["class_probs"]], 1)
+    dense_y = {
+        "msm_labels": (x["token_ids"] * msm_weights).astype("int32"),
+        "msm_weights": msm_weights,
+        "mrm_targets": targets * mrm_weights[..., None],
+        "mrm_weights": mrm_weights,
+        "itm_labels": batch["itm_labels"],
+    }
+    # As `pretraining_dataset` gives them: positions first, padded with
+    # weight-0 entries to MSM_WIDTH / MRM_WIDTH.
+    msm_positions = np.zeros((B, MSM_WIDTH), "int32")
+    msm_positions[:, :len(MSM_TARGETS)] = MSM_TARGETS
+    pad = [p for p in range(T) if p not in MSM_TARGETS]
+    msm_positions[:, len(MSM_TARGETS):] = pad[:MSM_WIDTH - len(MSM_TARGETS)]
+    mrm_positions = np.zeros((B, MRM_WIDTH), "int32")
+    mrm_positions[:, :len(MRM_TARGET_SLOTS)] = MRM_TARGET_SLOTS
+    take = np.take_along_axis
+    targets_y = {
+        "msm_labels": take(dense_y["msm_labels"], msm_positions, 1),
+        "msm_weights": take(msm_weights, msm_positions, 1),
+        "mrm_targets": take(dense_y["mrm_targets"], mrm_positions[..., None], 1),
+        "mrm_weights": take(mrm_weights, mrm_positions, 1)
+        * (np.arange(MRM_WIDTH) < len(MRM_TARGET_SLOTS)),
+        "itm_labels": batch["itm_labels"],
+    }
+    targets_x = dict(x, msm_positions=msm_positions,
+                     mrm_positions=mrm_positions)
+    return {"targets": (targets_x, targets_y), "dense": (x, dense_y)}
+
+
+def ours_worker(args):
     import keras
     import numpy as np
+    import tensorflow as tf
 
     from keras_interbert import InterBERTBackbone
     from keras_interbert import InterBERTPretrainer
@@ -73,88 +404,184 @@ def worker(args):
     keras.config.set_dtype_policy(args.dtype)
     keras.utils.set_random_seed(0)
     config = preset_backbone_config(CONFIGS[args.config])
-    model = InterBERTPretrainer(InterBERTBackbone(**config), num_region_classes=1601)
+    model = InterBERTPretrainer(InterBERTBackbone(**config),
+                                num_region_classes=NUM_CLASSES)
     model.compile(optimizer=pretraining_optimizer(bert_variable_patterns=()),
                   jit_compile=args.jit == "true")
-    rng = np.random.default_rng(0)
-    B, T, S = args.batch_size, 36, 37
-    text_mask = np.ones((B, T), "int32")
-    text_mask[:, 20:] = 0
-    region_mask = np.ones((B, S), "int32")
-    x = {
-        "token_ids": (rng.integers(1000, 30000, (B, T)) * text_mask).astype("int32"),
-        "segment_ids": np.zeros((B, T), "int32"),
-        "text_mask": text_mask,
-        "region_features": rng.random((B, S, 2048)).astype("float32"),
-        "region_locations": rng.random((B, S, 5)).astype("float32"),
-        "region_mask": region_mask,
-    }
-    msm_weights = np.zeros((B, T), "float32")
-    msm_weights[:, 3:9] = 1
-    probs = rng.random((B, S, 1601)).astype("float32")
-    probs /= probs.sum(-1, keepdims=True)
-    mrm_weights = np.zeros((B, S), "float32")
-    mrm_weights[:, 1:5] = 1
-    y = {
-        "msm_labels": (x["token_ids"] * msm_weights).astype("int32"),
-        "msm_weights": msm_weights,
-        "mrm_targets": probs * mrm_weights[..., None],
-        "mrm_weights": mrm_weights,
-        "itm_labels": rng.integers(0, 2, (B,)).astype("int32"),
-    }
-    steps = args.steps
+    B = args.batch_size
 
     class Timer(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.times = []
+            self.cpu = []
 
         def on_train_batch_end(self, batch, logs=None):
             self.times.append(time.perf_counter())
+            self.cpu.append(_cpu_seconds())
 
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensors((x, y)).repeat()
-    timer = Timer()
-    model.fit(ds, steps_per_epoch=args.warmup + steps, epochs=1, verbose=0,
-              shuffle=False,
-              callbacks=[timer])
-    times = np.diff(np.array(timer.times[args.warmup - 1:]))
-    step = float(np.median(times))
-
-    # A float32 matrix-product peak on the same cores, same process.
-    n = 2048
-    a = keras.ops.convert_to_tensor(rng.random((n, n)).astype("float32"))
-    b = keras.ops.convert_to_tensor(rng.random((n, n)).astype("float32"))
-    matmul = keras.ops.matmul
-    keras.ops.convert_to_numpy(matmul(a, b))
-    best = float("inf")
-    for _ in range(5):
+    ops = keras.ops
+    matmul = _Matmul(ops.matmul, ops.convert_to_tensor)
+    peaks = [matmul_peak(matmul, ops.convert_to_numpy)]
+    results = []
+    for heads in args.heads:
+        x, y = our_batches(B, config)[heads]
+        ds = tf.data.Dataset.from_tensors((x, y)).repeat()
+        timer = Timer()
         start = time.perf_counter()
-        keras.ops.convert_to_numpy(matmul(a, b))
-        best = min(best, time.perf_counter() - start)
-    peak = 2 * n ** 3 / best
-    flops = 3 * model_flops_per_pair(config) * B  # forward + backward
-    result = {
-        "variant": args.variant, "config": args.config, "dtype": args.dtype,
-        "batch_size": B, "step_seconds": step, "pairs_per_second": B / step,
-        "achieved_gflops": flops / step / 1e9, "peak_gflops": peak / 1e9,
-        "mfu": flops / step / peak,
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "parameters": model.count_params(),
-    }
-    print("RESULT " + json.dumps(result))
+        model.fit(ds, steps_per_epoch=args.warmup + args.steps, epochs=1,
+                  verbose=0, shuffle=False, callbacks=[timer])
+        first = timer.times[0] - start
+        times = list(np.diff(np.array(timer.times[args.warmup - 1:])))
+        cpu = timer.cpu[-1] - timer.cpu[args.warmup - 1]
+        results.append({
+            "side": args.variant, "heads": heads, "dtype": args.dtype,
+            "first_step_seconds": first,
+            "peak_rss_gib": _peak_rss_gib(),
+            "parameters": model.count_params(),
+            **_stats(times, B, cpu)})
+    peaks.append(matmul_peak(matmul, ops.convert_to_numpy))
+    for r in results:
+        r["peak_gflops"] = max(peaks) / 1e9
+    return results
+
+
+# === Orchestration ===
+
+def machine_state():
+    info = {"platform": platform.platform(), "cpus": os.cpu_count(),
+            "load_average": [round(v, 2) for v in os.getloadavg()]}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        fields = dict(line.split(":", 1) for line in out.splitlines()
+                      if ":" in line)
+        info["model"] = fields.get("Model name", "").strip()
+        flags = fields.get("Flags", "").split()
+        info["vector_flags"] = [f for f in ("avx", "avx2", "fma", "avx512f",
+                                            "avx512_bf16", "amx_bf16")
+                                if f in flags]
+    except OSError:
+        pass
+    return info
+
+
+def schedule(variants, rounds, every, with_original):
+    """The order of children: the original around every `every` of ours."""
+    order = []
+    for _ in range(rounds):
+        for i, variant in enumerate(variants):
+            if with_original and i % every == 0:
+                order.append("original")
+            order.append(variant)
+    if with_original:
+        order.append("original")
+    return order
+
+
+def run_child(side, config, args):
+    if side == "original":
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="torch")
+        extra = ["--original", args.original,
+                 "--original-optimizer", args.original_optimizer]
+    else:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+                   KERAS_BACKEND=VARIANTS[side]["KERAS_BACKEND"])
+        extra = ["--jit", VARIANTS[side]["jit"], "--heads", *args.heads]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker",
+           "--variant", side, "--config", config, "--dtype", args.dtype,
+           "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+           "--warmup", str(args.warmup), *extra]
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    if out.returncode or not lines:
+        tail = (out.stderr.strip().splitlines() or ["(no output)"])[-3:]
+        print(f"{config:9} {side:15} FAILED: {' | '.join(tail)}", flush=True)
+        return []
+    results = json.loads(lines[0][len("RESULT "):])
+    for r in results:
+        r.update(config=config, load_average_before=round(load_before, 2),
+                 load_average_after=round(os.getloadavg()[0], 2),
+                 child_seconds=round(time.perf_counter() - started, 1))
+    return results
+
+
+def add_ratios(results, configs):
+    """Utilisation of every row; ours: ratio to the originals either side."""
+    from keras_interbert.presets import preset_backbone_config
+
+    for r in results:
+        config = preset_backbone_config(CONFIGS[r["config"]])
+        flops = step_flops(config, r["batch_size"], r["heads"])
+        r["model_gflop_per_step"] = flops / 1e9
+        r["achieved_gflops"] = flops / r["step_seconds"] / 1e9
+        r["utilisation"] = r["achieved_gflops"] / r["peak_gflops"]
+    for config in configs:
+        rows = [r for r in results if r["config"] == config]
+        for i, r in enumerate(rows):
+            if r["side"] == "original":
+                continue
+            before = [o for o in rows[:i] if o["side"] == "original"][-1:]
+            after = [o for o in rows[i + 1:] if o["side"] == "original"][:1]
+            around = before + after
+            if around:
+                reference = sum(o["pairs_per_second"] for o in around) / len(
+                    around)
+                r["original_pairs_per_second"] = reference
+                r["ratio"] = r["pairs_per_second"] / reference
+                r["memory_ratio"] = r["peak_rss_gib"] / (
+                    sum(o["peak_rss_gib"] for o in around) / len(around))
+
+
+def markdown(report):
+    lines = [
+        "| config | run | heads | pairs/s | × original (either side) | "
+        "GFLOP/step | GFLOP/s | matmul peak GFLOP/s | utilisation | "
+        "peak RSS GiB | CPU s/step | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        ratio = f"**{r['ratio']:.2f}**" if "ratio" in r else "—"
+        lines.append(
+            f"| {r['config']} | {LABELS[r['side']]} | {r['heads']} | "
+            f"{r['pairs_per_second']:.2f} | {ratio} | "
+            f"{r['model_gflop_per_step']:.0f} | {r['achieved_gflops']:.1f} | "
+            f"{r['peak_gflops']:.0f} | {100 * r['utilisation']:.0f}% | "
+            f"{r['peak_rss_gib']:.2f} | {r['cpu_seconds_per_step']:.2f} | "
+            f"{r['load_average_before']:.1f}–"
+            f"{r['load_average_after']:.1f} |")
+    m = report["machine"]
+    lines += ["", f"Machine: {m.get('model', '?')}, {m['cpus']} CPUs, "
+              f"flags {' '.join(m.get('vector_flags', []))}; load average "
+              f"{m['load_average']} at the start, "
+              f"{report['load_average_end']} at the end. "
+              f"Command: `{report['command']}`."]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    p.add_argument("--original", default=None, metavar="DIR",
+                   help="a checkout of the authors' repository (bertmodel/, "
+                        "config/); timed in the same run")
+    p.add_argument("--original-optimizer", default="bertadam",
+                   choices=["bertadam", "torch_adamw"])
+    p.add_argument("--original-every", type=int, default=2,
+                   help="run the original again after this many of ours")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                   choices=list(VARIANTS))
+    p.add_argument("--configs", nargs="+", default=["published"],
+                   choices=list(CONFIGS))
+    p.add_argument("--heads", nargs="+", default=["targets", "dense"],
+                   choices=["targets", "dense"])
     p.add_argument("--dtypes", nargs="+", default=["float32"])
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--json", default=None)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--out", default=None,
+                   help="write OUT.json and OUT.md (atomically)")
+    p.add_argument("--json", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
@@ -162,36 +589,56 @@ def main(argv=None):
     p.add_argument("--jit", default="false", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        return worker(args)
+        if args.variant == "original":
+            results = original_worker(args)
+        else:
+            results = ours_worker(args)
+        for r in results:
+            r.setdefault("batch_size", args.batch_size)
+        print("RESULT " + json.dumps(results), flush=True)
+        return results
+    if args.warmup < 1:
+        p.error("--warmup must be at least 1 (the first step compiles)")
+    if args.original and not os.path.isdir(
+            os.path.join(args.original, "bertmodel")):
+        p.error(f"--original {args.original}: no bertmodel/ folder there")
+    machine = machine_state()
+    print(f"machine: {machine}", flush=True)
     results = []
     for config in args.configs:
         for dtype in args.dtypes:
-            for variant in args.variants:
-                env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-                           KERAS_BACKEND=VARIANTS[variant]["KERAS_BACKEND"])
-                cmd = [sys.executable, __file__, "--worker", "--variant", variant,
-                       "--config", config, "--dtype", dtype,
-                       "--jit", VARIANTS[variant]["jit"],
-                       "--batch-size", str(args.batch_size),
-                       "--steps", str(args.steps), "--warmup", str(args.warmup)]
-                out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-                if out.returncode or not line:
-                    print(f"{config:9} {dtype:14} {variant:15} FAILED: "
-                          f"{out.stderr.strip().splitlines()[-1:] }")
-                    continue
-                r = json.loads(line[0][len("RESULT "):])
-                results.append(r)
-                print(f"{config:9} {dtype:14} {variant:15} "
-                      f"{r['pairs_per_second']:8.2f} pairs/s  "
-                      f"{r['achieved_gflops']:7.1f} GFLOP/s  "
-                      f"MFU {100 * r['mfu']:5.1f}% of {r['peak_gflops']:.0f}  "
-                      f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
+            args.dtype = dtype
+            for side in schedule(args.variants, args.rounds,
+                                 args.original_every, bool(args.original)):
+                for r in run_child(side, config, args):
+                    results.append(r)
+                    print(f"{config:9} {side:15} {r['heads']:8} "
+                          f"{r['pairs_per_second']:7.2f} pairs/s  "
+                          f"step {r['step_seconds']:.3f} s  "
+                          f"peak {r['peak_gflops']:.0f} GFLOP/s  "
+                          f"RSS {r['peak_rss_gib']:.2f} GiB  "
+                          f"load {r['load_average_before']:.1f}", flush=True)
+    add_ratios(results, args.configs)
+    report = {"command": " ".join(["benchmarks/training_throughput.py"]
+                                  + list(sys.argv[1:] if argv is None else argv)),
+              "machine": machine,
+              "load_average_end": [round(v, 2) for v in os.getloadavg()],
+              "results": results}
+    table = markdown(report)
+    print(table)
+    from keras_interbert.utils.atomic import write_json_atomically
+    from keras_interbert.utils.atomic import write_text_atomically
+
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return results
+        write_json_atomically(args.json, report)
+    if args.out:
+        folder = os.path.dirname(os.path.abspath(args.out))
+        os.makedirs(folder, exist_ok=True)
+        write_json_atomically(args.out + ".json", report)
+        write_text_atomically(args.out + ".md", table)
+    return report
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main()

@@ -1,0 +1,92 @@
+"""The model-FLOP count of benchmarks/training_throughput.py.
+
+The benchmark's utilisation figures divide `model_flops_per_pair` by the step
+time; here the formula is checked against an independent count: PyTorch's
+`FlopCounterMode` counting every matrix product the pretrainer's forward pass
+dispatches (the PyTorch backend only; no timing is asserted).
+"""
+import importlib.util
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import BACKEND
+from conftest import REPO_ROOT
+from conftest import TINY_BACKBONE
+from conftest import random_backbone_inputs
+
+
+def _benchmark_module():
+    path = os.path.join(REPO_ROOT, "benchmarks", "training_throughput.py")
+    spec = importlib.util.spec_from_file_location("training_throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(BACKEND != "torch",
+                    reason="counts the products PyTorch dispatches")
+@pytest.mark.parametrize("positions", [False, True])
+def test_flop_formula_matches_counted_matrix_products(positions):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from keras_interbert import InterBERTBackbone
+    from keras_interbert import InterBERTPretrainer
+
+    tt = _benchmark_module()
+    # With attention dropout (the published model's; inactive here, in
+    # inference) Keras computes attention with two einsums, which the
+    # counter sees; without, with a fused kernel it does not count.
+    config = dict(TINY_BACKBONE)
+    classes, B, T, R = 11, 3, 7, 5
+    model = InterBERTPretrainer(InterBERTBackbone(**config),
+                                num_region_classes=classes)
+    x = random_backbone_inputs(batch=B, text_len=T, regions=R,
+                               feature_dim=config["image_feature_dim"],
+                               vocabulary_size=config["vocabulary_size"])
+    msm, mrm = None, None
+    if positions:
+        msm, mrm = 4, 2
+        x["msm_positions"] = np.tile(np.arange(msm, dtype="int32"), (B, 1))
+        x["mrm_positions"] = np.tile(np.arange(1, mrm + 1, dtype="int32"),
+                                     (B, 1))
+    model(x)  # build outside the count
+    counter = FlopCounterMode(display=False)
+    with counter:
+        outputs = model(x, training=False)
+    assert tuple(outputs["msm_logits"].shape) == (
+        B, msm or T, config["vocabulary_size"])
+    expected = B * tt.model_flops_per_pair(
+        config, text_len=T, slots=R, num_classes=classes,
+        msm_positions=msm, mrm_positions=mrm)
+    assert counter.get_total_flops() == expected
+
+
+def test_original_config_fields_match_the_published_file():
+    """Our published preset in the authors' field names, and the benchmark
+    batch's targets in both forms (positions and dense)."""
+    from keras_interbert.presets import preset_backbone_config
+
+    tt = _benchmark_module()
+    fields = tt.original_config(preset_backbone_config("interbert_base_en"))
+    assert fields["hidden_size"] == 768
+    assert fields["num_hidden_layers"] == 6
+    assert fields["t_num_hidden_layers"] == 6
+    assert fields["v_num_hidden_layers"] == 6
+    assert fields["v_num_attention_heads"] == 8
+    assert fields["bi_hidden_size"] == 1024
+    assert fields["vocab_size"] == 30522
+    assert fields["v_target_size"] == 1601
+    # The benchmark's target positions are what the pipeline would feed.
+    assert tt.MSM_WIDTH % 8 == 0 and tt.MSM_WIDTH >= len(tt.MSM_TARGETS)
+    assert tt.MRM_WIDTH % 4 == 0 and tt.MRM_WIDTH >= len(tt.MRM_TARGET_SLOTS)
+    batches = tt.our_batches(2, preset_backbone_config("interbert_tiny_en"))
+    (tx, ty), (dx, dy) = batches["targets"], batches["dense"]
+    assert ty["msm_weights"].sum() == dy["msm_weights"].sum() == 2 * 9
+    assert ty["mrm_weights"].sum() == dy["mrm_weights"].sum() == 2 * 4
+    np.testing.assert_array_equal(
+        np.take_along_axis(dy["msm_labels"], tx["msm_positions"], 1),
+        ty["msm_labels"])
+    assert keras.config.backend() == BACKEND
