@@ -75,9 +75,9 @@ def describe_signatures(model, options):
 
 def reference(model, export_dir, metadata, signature, inputs):
     """The Keras model's `score` / `embed` answer to a request."""
-    from keras_interbert.export.validate import as_numpy as numpy
-    from keras_interbert.export.validate import pipeline_inputs
-    from keras_interbert.export.validate import softmax
+    from keras_interbert.export.reference import as_numpy as numpy
+    from keras_interbert.export.reference import pipeline_inputs
+    from keras_interbert.export.reference import softmax
 
     backbone = model.backbone
     x = pipeline_inputs(export_dir, metadata, inputs)

@@ -78,9 +78,9 @@ def describe_signatures(model, options):
 
 def reference(model, export_dir, metadata, signature, inputs):
     """The Keras model's `classify_text` answer to a request."""
-    from keras_interbert.export.validate import as_numpy as numpy
-    from keras_interbert.export.validate import pipeline_inputs
-    from keras_interbert.export.validate import softmax
+    from keras_interbert.export.reference import as_numpy as numpy
+    from keras_interbert.export.reference import pipeline_inputs
+    from keras_interbert.export.reference import softmax
 
     columns = ["text"] + (["text_pair"] if "text_pair" in inputs else [])
     x = pipeline_inputs(export_dir, metadata,
