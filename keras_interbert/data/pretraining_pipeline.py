@@ -28,7 +28,10 @@ one example with one of its captions (or one example per caption):
 The serialized records are batched before anything else: parsing and the
 reader's checks (`parse_region_batch`), pairing, tokenization, the region
 layout and both masks then run as one function of vectorised ops per batch,
-not a few dozen small ops per example.
+not a few dozen small ops per example. The pairing (step 1, over the whole
+corpus) is drawn here; steps 2 to 5 are `InterBERTPretrainerPreprocessor`'s
+(`pretrainer_preprocessor(tokenizer, config)`), the layer a pretrainer
+holding it applies to raw pairs.
 
 All randomness is stateless and keyed on `(seed, example index)` (per-row
 seeds, see `masking`), so a seed gives the same batches every time, an
