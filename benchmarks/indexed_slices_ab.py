@@ -39,8 +39,8 @@ def main(argv=None):
     if keras.config.backend() != "tensorflow":
         raise SystemExit("The fix concerns tf.IndexedSlices: run with "
                          "KERAS_BACKEND=tensorflow.")
-    from distributed_common import NUM_CLASSES
-    from distributed_common import pretraining_batch
+    from helpers.distributed_common import NUM_CLASSES
+    from helpers.distributed_common import pretraining_batch
 
     import keras_interbert
     from keras_interbert.optimizers import grouped_adamw

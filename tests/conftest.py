@@ -62,7 +62,8 @@ WRITER_BACKEND = {"tensorflow": "torch", "jax": "tensorflow",
 
 @pytest.fixture(scope="session")
 def saved_by_other_backend(tmp_path_factory):
-    """A folder written by tests/cross_backend_save.py under WRITER_BACKEND.
+    """A folder written by tests/helpers/cross_backend_save.py under
+    WRITER_BACKEND.
 
     Holds `model.keras` and `outputs.npz` (a tiny pretrainer and its outputs);
     for the training replay, `trainer.keras` and `trained.npz`; and for the
@@ -72,7 +73,8 @@ def saved_by_other_backend(tmp_path_factory):
     out = tmp_path_factory.mktemp(f"saved_under_{WRITER_BACKEND}")
     env = dict(os.environ, KERAS_BACKEND=WRITER_BACKEND,
                TF_CPP_MIN_LOG_LEVEL="3")
-    script = os.path.join(REPO_ROOT, "tests", "cross_backend_save.py")
+    script = os.path.join(REPO_ROOT, "tests", "helpers",
+                          "cross_backend_save.py")
     result = subprocess.run(
         [sys.executable, script, str(out), "0", "--train", "--round-trip"],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)

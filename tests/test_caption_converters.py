@@ -1,7 +1,7 @@
 """Caption converters (issue 15): Karpathy's split JSON and Conceptual
 Captions' TSV into captions JSON Lines, checked against region features.
 The inputs are written from the formats' documentation
-(tests/public_formats.py)."""
+(tests/helpers/public_formats.py)."""
 import hashlib
 import json
 import os
@@ -9,10 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from public_formats import detector_images
-from public_formats import karpathy_file
-from public_formats import write_cc_tsv
-from public_formats import write_lxmert_tsv
+from helpers.public_formats import detector_images
+from helpers.public_formats import karpathy_file
+from helpers.public_formats import write_cc_tsv
+from helpers.public_formats import write_lxmert_tsv
 
 from keras_interbert.data import convert
 from keras_interbert.data.caption_converters import convert_cc

@@ -4,9 +4,9 @@ import pytest
 from conftest import WRITER_BACKEND as SOURCE
 from conftest import random_backbone_inputs
 from conftest import to_numpy
-from cross_backend_save import compile_for_training
-from cross_backend_save import train
-from cross_backend_save import TRAIN_EPOCHS
+from helpers.cross_backend_save import compile_for_training
+from helpers.cross_backend_save import train
+from helpers.cross_backend_save import TRAIN_EPOCHS
 
 from keras_interbert import InterBERTPretrainer
 

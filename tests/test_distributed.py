@@ -19,7 +19,7 @@ import pytest
 from conftest import BACKEND
 from conftest import REPO_ROOT
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
 TIMEOUT = 240
 
 
@@ -30,7 +30,7 @@ def run_worker(script, output, env=None, backend=None):
     env["PYTHONPATH"] = os.pathsep.join(
         [REPO_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
     return subprocess.Popen(
-        [sys.executable, os.path.join(TESTS, script), str(output)],
+        [sys.executable, os.path.join(HELPERS, script), str(output)],
         env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
 

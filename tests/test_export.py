@@ -2,8 +2,8 @@
 
 One export per task (tiny configuration) is built once per session; a fresh
 process that imports TensorFlow and tensorflow-text only
-(`serving_fresh_process.py`) answers every signature, and the answers are
-matched against the Keras models, whose inputs are built by the data
+(`helpers/serving_fresh_process.py`) answers every signature, and the answers
+are matched against the Keras models, whose inputs are built by the data
 pipeline's `to_backbone_regions` one image at a time rather than by the
 serving graph's batched layout.
 """
@@ -109,7 +109,8 @@ def fresh(exports, tmp_path_factory):
                 for k, v in inputs.items()}
         np.savez(work / f"{name}.npz", **flat)
         arguments += [export_dir, str(work / f"{name}.npz")]
-    script = os.path.join(REPO_ROOT, "tests", "serving_fresh_process.py")
+    script = os.path.join(REPO_ROOT, "tests", "helpers",
+                          "serving_fresh_process.py")
     _run([sys.executable, script, str(work)] + arguments,
          env={"KERAS_BACKEND": "tensorflow"})
     report = json.loads((work / "report.json").read_text())

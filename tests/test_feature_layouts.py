@@ -1,7 +1,7 @@
 """Feature layouts of issue 15: detector class ids from LXMERT TSVs and npz
 files, UNITER's npz (normalised boxes, no image size), vilbert-multi-task's
 per-image .npy dictionaries, and `--splits-from CAPTIONS`. Each file is
-written from the format's documentation (tests/public_formats.py), converted,
+written from the format's documentation (tests/helpers/public_formats.py), converted,
 read back and compared value by value."""
 import json
 import os
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from public_formats import detector_images
-from public_formats import lxmert_tsv_line
-from public_formats import write_lxmert_tsv
-from public_formats import write_uniter_npz
-from public_formats import write_vilbert_npy
+from helpers.public_formats import detector_images
+from helpers.public_formats import lxmert_tsv_line
+from helpers.public_formats import write_lxmert_tsv
+from helpers.public_formats import write_uniter_npz
+from helpers.public_formats import write_vilbert_npy
 
 from keras_interbert.data import convert
 from keras_interbert.data.errors import RegionDataError

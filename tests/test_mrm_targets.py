@@ -11,10 +11,10 @@ import pytest
 import tensorflow as tf
 from conftest import REPO_ROOT
 
-from public_formats import detector_images
-from public_formats import random_caption
-from public_formats import write_lxmert_tsv
-from public_formats import write_vilbert_npy
+from helpers.public_formats import detector_images
+from helpers.public_formats import random_caption
+from helpers.public_formats import write_lxmert_tsv
+from helpers.public_formats import write_vilbert_npy
 
 from keras_interbert.data import convert
 from keras_interbert.data.errors import RegionDataError

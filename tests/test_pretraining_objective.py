@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from conftest import BACKEND
 from conftest import to_numpy
-from distributed_common import build_pretrainer
-from distributed_common import pretraining_batch
+from helpers.distributed_common import build_pretrainer
+from helpers.distributed_common import pretraining_batch
 
 from keras_interbert import PretrainingObjective
 from keras_interbert.convert.bert import _new_weights as converter_new_weights

@@ -103,7 +103,8 @@ def test_tasks_from_a_saved_pretrainer_and_a_preset(tmp_path, pretrainer):
 def run_stage(backend, *args):
     env = dict(os.environ, KERAS_BACKEND=backend)
     result = subprocess.run(
-        [sys.executable, os.path.join(HERE, "task_round_trip.py"), *args],
+        [sys.executable, os.path.join(HERE, "helpers", "task_round_trip.py"),
+         *args],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout
@@ -115,7 +116,7 @@ def test_pretrain_save_load_finetune_save_load_across_processes(
     # (the session's writer process, conftest.py), finetuned here, and the
     # finetuned file loaded in a third process: identical outputs at every
     # load.
-    import task_round_trip
+    from helpers import task_round_trip
 
     out = str(tmp_path)
     for name in ("pretrained.keras", "pretrained.saved.npz"):

@@ -4,7 +4,7 @@ Golden ids come from Hugging Face's `transformers.BertTokenizer` (the Rust
 `tokenizers` WordPiece) and from BlingFire (`blingfire`, Microsoft's separate
 C++ finite-state implementation with its own bert-base-uncased and
 bert-base-chinese models), on real sentences that nobody here wrote (see
-`tokenizer_corpus.py`), never from the code under test.
+`helpers/tokenizer_corpus.py`), never from the code under test.
 """
 import os
 import tempfile
@@ -19,7 +19,7 @@ from keras_interbert.presets import preset_vocabulary
 from keras_interbert.preprocessing import InterBERTTextPacker
 from keras_interbert.preprocessing import InterBERTTokenizer
 
-import tokenizer_corpus  # tests/ is on sys.path under pytest
+from helpers import tokenizer_corpus  # tests/ is on sys.path under pytest
 
 # The ids against the references are computed by tensorflow-text ops, the
 # same under every KERAS_BACKEND (conftest.py); calling the layers, in and

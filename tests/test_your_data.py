@@ -3,7 +3,7 @@ a validated TensorFlow Serving export.
 
 The test writes a Karpathy split file and an LXMERT-layout feature TSV
 (detector class ids and confidences, no class_probs) from the formats'
-documentation (tests/public_formats.py), then runs each command of the
+documentation (tests/helpers/public_formats.py), then runs each command of the
 walk-through exactly as the page shows it, followed by flags that shrink
 the runs (a tiny model, a few steps). It checks the outputs the page
 promises. Every command must appear verbatim in the page."""
@@ -18,9 +18,9 @@ import keras
 import pytest
 from conftest import REPO_ROOT
 
-from public_formats import detector_images
-from public_formats import karpathy_file
-from public_formats import write_lxmert_tsv
+from helpers.public_formats import detector_images
+from helpers.public_formats import karpathy_file
+from helpers.public_formats import write_lxmert_tsv
 
 from keras_interbert.data import convert
 from keras_interbert.data.region_features import read_captions

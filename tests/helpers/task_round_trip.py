@@ -1,8 +1,8 @@
 """One stage of the pretrain -> finetune reload chain, in its own process.
 
-    python tests/task_round_trip.py pretrain OUT   # fit a tiny pretrainer, save it
-    python tests/task_round_trip.py finetune OUT   # load it, fit a retriever, save it
-    python tests/task_round_trip.py predict OUT NAME  # load NAME.keras, save outputs
+    python tests/helpers/task_round_trip.py pretrain OUT   # fit a tiny pretrainer, save it
+    python tests/helpers/task_round_trip.py finetune OUT   # load it, fit a retriever, save it
+    python tests/helpers/task_round_trip.py predict OUT NAME  # load NAME.keras, save outputs
 
 Every stage writes the outputs of the model it saved (or loaded) on fixed
 inputs to `OUT/<name>.<backend>.npz`, so the test can compare the outputs
@@ -15,7 +15,8 @@ import sys
 import keras
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))  # tests/
 from conftest import TINY_BACKBONE  # noqa: E402
 from conftest import random_backbone_inputs  # noqa: E402
 

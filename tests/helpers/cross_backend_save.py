@@ -1,6 +1,6 @@
 """Run under some KERAS_BACKEND: saves a tiny pretrainer and its outputs.
 
-Usage: python tests/cross_backend_save.py OUT_DIR [SEED] [--train] [--round-trip]
+Usage: python tests/helpers/cross_backend_save.py OUT_DIR [SEED] [--train] [--round-trip]
 
 With `--train`, also saves a pretrainer without dropout (`trainer.keras`),
 then the weights and losses after `TRAIN_EPOCHS` passes over
@@ -16,7 +16,8 @@ import sys
 import keras
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))  # tests/
 from conftest import TINY_BACKBONE  # noqa: E402
 from conftest import random_backbone_inputs  # noqa: E402
 
@@ -28,7 +29,7 @@ TRAIN_EPOCHS = 3
 
 def train_batches():
     """Two batches of 4 pairs (masked inputs and targets) as one (x, y)."""
-    from distributed_common import pretraining_batch
+    from helpers.distributed_common import pretraining_batch
 
     halves = [pretraining_batch(batch=4, seed=s, itm_labels=labels)
               for s, labels in ((1, [0, 1, 0, 1]), (2, [1, 0, 0, 0]))]
@@ -66,7 +67,7 @@ if __name__ == "__main__":
     model.save(os.path.join(out, "model.keras"))
     np.savez(os.path.join(out, "outputs.npz"), **outputs)
     if "--train" in sys.argv[2:]:
-        from distributed_common import build_pretrainer
+        from helpers.distributed_common import build_pretrainer
 
         trainer = build_pretrainer(seed=7)
         trainer.save(os.path.join(out, "trainer.keras"))
@@ -76,7 +77,7 @@ if __name__ == "__main__":
                    for v in trainer.weights}
         np.savez(os.path.join(out, "trained.npz"), **weights, **logs)
     if "--round-trip" in sys.argv[2:]:
-        import task_round_trip
+        from helpers import task_round_trip
 
         task_round_trip.main("pretrain", out)
     print("saved under", keras.config.backend())

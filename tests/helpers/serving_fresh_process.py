@@ -1,6 +1,6 @@
 """Loads SavedModel exports in a process that imports TensorFlow only.
 
-Usage: python tests/serving_fresh_process.py OUT_DIR EXPORT_DIR INPUTS.npz
+Usage: python tests/helpers/serving_fresh_process.py OUT_DIR EXPORT_DIR INPUTS.npz
            [EXPORT_DIR INPUTS.npz ...]
 
 Imports tensorflow, then tensorflow_text (for its ops), and the

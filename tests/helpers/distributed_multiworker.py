@@ -5,14 +5,15 @@ pretrainer for a few steps under `MultiWorkerMirroredStrategy`; run without
 it, it does the same on one device as the reference. Either way it writes
 the final weights and the epoch logs to OUTPUT.npz.
 
-Usage: python tests/distributed_multiworker.py OUTPUT.npz
+Usage: python tests/helpers/distributed_multiworker.py OUTPUT.npz
 """
 import json
 import os
 import sys
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))  # tests/
 
 import tensorflow as tf  # noqa: E402
 
@@ -23,8 +24,8 @@ else:
     STRATEGY = tf.distribute.get_strategy()
 
 import numpy as np  # noqa: E402
-from distributed_common import build_pretrainer  # noqa: E402
-from distributed_common import pretraining_batch  # noqa: E402
+from helpers.distributed_common import build_pretrainer  # noqa: E402
+from helpers.distributed_common import pretraining_batch  # noqa: E402
 
 from keras_interbert.optimizers import pretraining_optimizer  # noqa: E402
 

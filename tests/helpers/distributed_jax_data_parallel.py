@@ -6,7 +6,7 @@ under `keras.distribution.DataParallel` over both, and writes the final
 weights, the epoch logs and the number of devices holding the variables and
 the batch to OUTPUT.npz.
 
-Usage: python tests/distributed_jax_data_parallel.py OUTPUT.npz
+Usage: python tests/helpers/distributed_jax_data_parallel.py OUTPUT.npz
 """
 import os
 import sys
@@ -15,13 +15,14 @@ os.environ["KERAS_BACKEND"] = "jax"
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "")
     + " --xla_force_host_platform_device_count=2").strip()
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))  # tests/
 
 import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from distributed_common import build_pretrainer  # noqa: E402
-from distributed_common import pretraining_batch  # noqa: E402
+from helpers.distributed_common import build_pretrainer  # noqa: E402
+from helpers.distributed_common import pretraining_batch  # noqa: E402
 
 from keras_interbert.optimizers import pretraining_optimizer  # noqa: E402
 

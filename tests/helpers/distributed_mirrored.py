@@ -7,13 +7,14 @@ writes the final weights and the logged values of both runs to an `.npz`.
 A third run repeats the two-replica one under `mixed_float16`, where the
 `LossScaleOptimizer` must agree across replicas on taking each step.
 
-Usage: python tests/distributed_mirrored.py OUTPUT.npz
+Usage: python tests/helpers/distributed_mirrored.py OUTPUT.npz
 """
 import os
 import sys
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))  # tests/
 
 import tensorflow as tf  # noqa: E402
 
@@ -23,8 +24,8 @@ tf.config.set_logical_device_configuration(
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from distributed_common import build_pretrainer  # noqa: E402
-from distributed_common import pretraining_batch  # noqa: E402
+from helpers.distributed_common import build_pretrainer  # noqa: E402
+from helpers.distributed_common import pretraining_batch  # noqa: E402
 
 from keras_interbert.optimizers import pretraining_optimizer  # noqa: E402
 
