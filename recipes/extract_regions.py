@@ -84,14 +84,34 @@ def build_extractor(args):
         if args.classifier.endswith(".keras"):
             classifier = keras.saving.load_model(args.classifier, compile=False)
         else:
-            classifier = keras_hub.models.ImageClassifier.from_preset(
-                args.classifier)
+            classifier = _from_preset(
+                keras_hub.models.ImageClassifier, args.classifier,
+                "--classifier",
+                "a saved image classifier (--classifier FILE.keras), a local "
+                "keras-hub preset folder (--classifier DIR), a saved "
+                "extractor (--extractor FILE.keras), or --classifier none "
+                "--backbone resnet50 --weights FILE.weights.h5 (a local "
+                "backbone, no class distributions)")
         extractor = RegionFeatureExtractor.from_image_classifier(
             classifier, image_size=args.image_size)
         return extractor, {"classifier": args.classifier}
     backbone = load_image_backbone(args.backbone, args.weights)
     extractor = RegionFeatureExtractor(backbone, image_size=args.image_size)
     return extractor, {"backbone": args.backbone, "weights": args.weights}
+
+
+def _from_preset(cls, name, flag, local_choices):
+    """`cls.from_preset(name)`; when it cannot be loaded (offline, a wrong
+    name) the error says which flags take a local file instead."""
+    try:
+        return cls.from_preset(name)
+    except Exception as e:  # network, registry and format errors alike
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SystemExit(
+            f"{flag} {name}: cannot load this keras-hub preset "
+            f"({type(e).__name__}: {reason[:200]}). A preset name is "
+            f"downloaded on first use; without the network pass "
+            f"{local_choices}.") from None
 
 
 def build_detector(args):
@@ -106,7 +126,11 @@ def build_detector(args):
     else:
         import keras_hub
 
-        detector = keras_hub.models.ObjectDetector.from_preset(args.detector)
+        detector = _from_preset(
+            keras_hub.models.ObjectDetector, args.detector, "--detector",
+            "a saved detector (--detector FILE.keras), a local keras-hub "
+            "preset folder (--detector DIR), or other boxes (--boxes grid, "
+            "--boxes file --boxes-file FILE)")
     return DetectorBoxes(detector, max_regions=args.max_regions,
                          min_regions=min(args.min_regions, args.max_regions),
                          score_threshold=args.score_threshold)

@@ -146,3 +146,23 @@ def test_pretraining_runs_on_extracted_photographs(photo_folder):
     assert np.isfinite(metrics["final"]["mrm_loss"])
     assert metrics["final"]["mrm_loss"] > 0
     assert os.path.getsize(run / "pretrained.keras") > 0
+
+
+@pytest.mark.parametrize("flag", ["--classifier", "--detector"])
+def test_an_unreachable_preset_names_the_flags_that_take_local_files(flag):
+    """Offline, a preset name cannot be downloaded: the recipe says so and
+    names the flags that take a local file, instead of a network traceback."""
+    recipe = load_recipe()
+
+    class Unreachable:
+        @classmethod
+        def from_preset(cls, name):
+            raise ConnectionError("Failed to resolve 'api.kaggle.com'")
+
+    with pytest.raises(SystemExit) as raised:
+        recipe._from_preset(Unreachable, "resnet_50_imagenet", flag,
+                            f"a saved file ({flag} FILE.keras)")
+    message = str(raised.value)
+    assert f"{flag} resnet_50_imagenet" in message
+    assert "ConnectionError" in message and "api.kaggle.com" in message
+    assert f"{flag} FILE.keras" in message
