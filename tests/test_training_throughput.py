@@ -90,3 +90,35 @@ def test_original_config_fields_match_the_published_file():
         np.take_along_axis(dy["msm_labels"], tx["msm_positions"], 1),
         ty["msm_labels"])
     assert keras.config.backend() == BACKEND
+
+
+def test_grouped_adamw_steps_as_keras_adamw_with_clipped_gradients():
+    """The speed paths of `GroupedAdamW` (TensorFlow's fused Adam kernel,
+    the one-pass clipping) take Keras AdamW's steps on the clipped
+    gradients."""
+    from keras_interbert.optimizers import GroupedAdamW
+
+    rng = np.random.default_rng(0)
+    shapes = [(5, 3), (7,), (2, 2, 2)]
+    start = [rng.normal(size=s).astype("float32") for s in shapes]
+    grads = [[rng.normal(size=s).astype("float32") * scale
+              for s, scale in zip(shapes, (10.0, 0.1, 1.0))]
+             for _ in range(3)]
+
+    def clip(g):
+        return g * (1.0 / max(np.sqrt(np.sum(g.astype("float64") ** 2)), 1.0))
+
+    ours = [keras.Variable(v, name=f"w{i}") for i, v in enumerate(start)]
+    theirs = [keras.Variable(v, name=f"w{i}") for i, v in enumerate(start)]
+    grouped = GroupedAdamW(learning_rate=1e-2, weight_decay=0.01,
+                           clipnorm=1.0, epsilon=1e-6)
+    reference = keras.optimizers.AdamW(learning_rate=1e-2, weight_decay=0.01,
+                                       epsilon=1e-6)
+    for step in grads:
+        grouped.apply([keras.ops.convert_to_tensor(g) for g in step], ours)
+        reference.apply([keras.ops.convert_to_tensor(clip(g).astype("float32"))
+                         for g in step], theirs)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a),
+                                   keras.ops.convert_to_numpy(b),
+                                   rtol=1e-6, atol=1e-6)

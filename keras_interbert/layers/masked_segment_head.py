@@ -72,8 +72,32 @@ class MaskedSegmentHead(keras.layers.Layer):
             )
         x = self.transform_dense(inputs)
         x = self.transform_layer_norm(x)
-        logits = self.token_embedding(x, reverse=True)
+        logits = self._decode(x)
         return logits + ops.cast(self.bias, logits.dtype)
+
+    def _decode(self, x):
+        """`x @ embeddings.T`, what `token_embedding(x, reverse=True)` gives.
+
+        Under TensorFlow without XLA, the embedding's `reverse` call
+        materialises the transposed [H, V] matrix (94 MB in the published
+        configuration) on every step and its gradient transposes back; a
+        product that contracts the embedding's own last axis reads it in
+        place. Other backends take the embedding's own path (a transposed
+        view under PyTorch; XLA folds the transpose into the product).
+        """
+        embedding = self.token_embedding
+        if (keras.config.backend() != "tensorflow" or not embedding.tie_weights
+                or getattr(embedding, "reverse_dtype", None) is not None
+                or getattr(embedding, "logit_soft_cap", None) is not None):
+            return embedding(x, reverse=True)
+        import tensorflow as tf
+
+        kernel = ops.cast(embedding.embeddings, x.dtype)
+        shape = tf.shape(x)
+        flat = tf.reshape(x, [-1, shape[-1]])
+        logits = tf.linalg.matmul(flat, kernel, transpose_b=True)
+        return tf.reshape(
+            logits, tf.concat([shape[:-1], tf.shape(kernel)[:1]], axis=0))
 
     def compute_output_shape(self, inputs_shape, positions_shape=None):
         length = inputs_shape[1] if positions_shape is None else positions_shape[1]
