@@ -773,3 +773,92 @@ def test_converter_inputs_are_named_in_their_errors(tmp_path, capsys):
                  "1", "--out", out]) == 1
     assert f"{truncated}: not a .keras archive" in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+class _Killed(BaseException):
+    """Stands in for a kill: no `except OSError` fallback catches it (the
+    converter's cleanup of its own `.tmp` files still runs)."""
+
+
+def _listed_split(out, split):
+    from keras_interbert.data.region_features import read_manifest
+    from keras_interbert.data.region_features import region_image_ids
+
+    manifest = read_manifest(out)
+    names = [s["path"] for s in manifest["splits"][split]["shards"]]
+    assert all(os.path.isfile(os.path.join(out, n)) for n in names), names
+    return names, region_image_ids(out, split=split)
+
+
+@pytest.mark.parametrize("fault", [
+    "replace:2", "manifest:1", "remove:1", "link:2", "manifest:2",
+    "manifest:2:enospc", "link:1:eperm"])
+def test_a_kill_while_replacing_a_split_leaves_the_old_or_the_new(
+        tmp_path, monkeypatch, fault):
+    from keras_interbert.data.region_features import writer as writer_module
+
+    out = str(tmp_path / "regions")
+    old_ids, new_ids = ["t0", "t1"], ["n0", "n1", "n2"]
+    for split, ids in (("train", old_ids), ("train-extra", ["e0", "e1"])):
+        assert convert_main("tsv", tsv_file(tmp_path / f"{split}.tsv", ids),
+                            "--output-dir", out, "--split", split,
+                            "--examples-per-shard", "1") == 0
+    extra = _listed_split(out, "train-extra")
+    new_tsv = tsv_file(tmp_path / "new.tsv", new_ids)
+
+    what, nth, *error = fault.split(":")
+    calls = {"n": 0}
+
+    def faulty(original, is_ours):
+        def call(*args, **kwargs):
+            if is_ours(*args):
+                calls["n"] += 1
+                if calls["n"] == int(nth):
+                    if error == ["enospc"]:
+                        disk_full()
+                    if error == ["eperm"]:
+                        raise OSError(errno.EPERM, "no hard links here")
+                    raise _Killed(fault)
+            return original(*args, **kwargs)
+        return call
+
+    def train_shard(path, *_):
+        return os.path.basename(path).startswith("train-0")
+
+    if what == "manifest":
+        monkeypatch.setattr(writer_module, "_write_json_atomic", faulty(
+            writer_module._write_json_atomic, lambda *_: True))
+    else:
+        name = {"replace": "replace", "remove": "remove", "link": "link"}[what]
+        monkeypatch.setattr(os, name, faulty(getattr(os, name), train_shard))
+    killed = False
+    try:
+        status = convert_main("tsv", new_tsv, "--output-dir", out,
+                              "--examples-per-shard", "1", "--overwrite")
+    except _Killed:
+        killed = True
+    monkeypatch.undo()
+    assert killed == (not error), fault  # the fault was reached
+
+    # Whatever happened, the manifest lists whole shards that exist: the old
+    # split or the new one, never a mix; the other split is untouched.
+    names, ids = _listed_split(out, "train")
+    assert ids in (old_ids, new_ids), (fault, ids)
+    assert _listed_split(out, "train-extra") == extra
+    if not killed:  # an OSError after the new split was recorded
+        assert status == 0 and ids == new_ids
+    if fault in ("replace:2", "manifest:1"):
+        assert ids == old_ids
+    else:
+        assert ids == new_ids
+
+    # Converting again finishes the job and deletes the leftovers (only
+    # files with this split's own names).
+    (tmp_path / "regions" / "notes.txt").write_text("keep me")
+    assert convert_main("tsv", new_tsv, "--output-dir", out,
+                        "--examples-per-shard", "1", "--overwrite") == 0
+    names, ids = _listed_split(out, "train")
+    assert ids == new_ids
+    assert names == [f"train-{i:05d}.tfrecord" for i in range(3)]
+    assert sorted(os.listdir(out)) == sorted(
+        ["manifest.json", "notes.txt", *names, *extra[0]])

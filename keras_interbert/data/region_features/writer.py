@@ -19,6 +19,7 @@ from keras_interbert.data.region_features.record_format import serialize_region_
 from keras_interbert.data.region_features.record_format import shard_name
 from keras_interbert.data.region_features.record_format import validate_object_classes
 from keras_interbert.data.region_features.record_format import validate_region_record
+from keras_interbert.utils.atomic import fsync_directory
 from keras_interbert.utils.atomic import fsync_path
 
 
@@ -34,7 +35,14 @@ class RegionFeatureWriter:
     and listed in `report`. Shards are written under a `.tmp` name and get
     their final names in `close()`; leaving the `with` block by an exception
     (or calling `abort()`) deletes this run's files and leaves the manifest
-    and any earlier shards untouched.
+    and any earlier shards untouched. Replacing a split (`overwrite=True`)
+    never writes over a file the manifest lists: the new shards get fresh
+    names (`{split}-NNNNN.gG.tfrecord`), the manifest is replaced atomically
+    to list them, the old shards are deleted, and then (by hard links, where
+    the file system has them, and a second manifest update) the new shards
+    take the ordinary names. A kill at any point leaves the old split or the
+    new one whole; leftover unlisted files with this split's own names are
+    deleted by the next conversion of the split.
 
     Args:
         directory: output folder (created if missing).
@@ -145,7 +153,12 @@ class RegionFeatureWriter:
                 f"({len(listed or ()) + len(unlisted)} shard files); pass "
                 "overwrite=True to replace it."
             )
-        self._stale = [os.path.join(self.directory, n) for n in listed or ()]
+        # Any file with this split's own names (`train-NNNNN.tfrecord`, the
+        # fresh names of a replacement `train-NNNNN.gG.tfrecord`, their
+        # `.tmp`) that no manifest entry lists is a leftover of an
+        # interrupted conversion, deleted once this one is recorded.
+        self._own_file = re.compile(
+            rf"^{re.escape(split)}-\d{{5}}(\.g\d+)?\.tfrecord(\.tmp)?$")
 
         self._shards = []  # finished: dicts with path/num_examples/num_boxes
         self._writer = None
@@ -281,11 +294,45 @@ class RegionFeatureWriter:
         })
         self._tmp_path = None
 
-    def _remove_stale(self):
-        keep = {s["path"] for s in self._shards}
-        for path in self._stale:
-            if os.path.basename(path) not in keep and os.path.exists(path):
-                os.remove(path)
+    def _listed_names(self, manifest):
+        """Every shard name `manifest` lists, for any split."""
+        names = set()
+        for split in (manifest or {}).get("splits") or {}:
+            names.update(manifest_shard_names(manifest, split,
+                                              self.directory) or ())
+        return names
+
+    def _fresh_generation(self, listed):
+        """A generation `G` whose names `{split}-NNNNN.gG.tfrecord` are
+        neither listed nor on the disk."""
+        pattern = re.compile(
+            rf"^{re.escape(self.split)}-\d{{5}}\.g(\d+)\.tfrecord")
+        used = [int(m.group(1)) for n in set(os.listdir(self.directory)) | listed
+                for m in [pattern.match(n)] if m]
+        return max(used, default=0) + 1
+
+    def _remove_leftovers(self, manifest):
+        """Deletes this split's unlisted files (own names only)."""
+        listed = self._listed_names(manifest)
+        for name in sorted(os.listdir(self.directory)):
+            if self._own_file.match(name) and name not in listed:
+                try:
+                    os.remove(os.path.join(self.directory, name))
+                except FileNotFoundError:
+                    pass
+
+    def _record(self, manifest, shards):
+        manifest["splits"][self.split] = {
+            "shards": shards,
+            "num_examples": sum(s["num_examples"] for s in shards),
+            "num_boxes": sum(s["num_boxes"] for s in shards),
+            "num_skipped": self.report.num_skipped,
+            "object_ids": bool(self._expect_ids),
+            "object_confs": bool(self._expect_confs),
+        }
+        _write_json_atomic(
+            os.path.join(self.directory, MANIFEST_NAME), manifest
+        )
 
     def close(self):
         """Finish the last shard, write the manifest; returns the shard paths."""
@@ -319,10 +366,6 @@ class RegionFeatureWriter:
                 )
         for shard in self._shards:  # on the disk before they count
             fsync_path(os.path.join(self.directory, shard["path"] + ".tmp"))
-        for shard in self._shards:
-            final = os.path.join(self.directory, shard["path"])
-            os.replace(final + ".tmp", final)
-        self._remove_stale()
         manifest.update({
             "feature_dim": self.feature_dim,
             "feature_dtype": "float16",
@@ -334,20 +377,62 @@ class RegionFeatureWriter:
             manifest["num_object_classes"] = self.num_object_classes
         else:
             manifest.setdefault("num_object_classes", None)
-        manifest["splits"][self.split] = {
-            "shards": self._shards,
-            "num_examples": sum(s["num_examples"] for s in self._shards),
-            "num_boxes": sum(s["num_boxes"] for s in self._shards),
-            "num_skipped": self.report.num_skipped,
-            "object_ids": bool(self._expect_ids),
-            "object_confs": bool(self._expect_confs),
-        }
-        _write_json_atomic(
-            os.path.join(self.directory, MANIFEST_NAME), manifest
-        )
+        # The manifest is the commit point: it only ever lists complete
+        # shards that exist. New shards never take a name it lists, so a
+        # replaced split's old shards stay whole until the manifest names the
+        # new ones; only then are the old ones deleted. A kill at any step
+        # leaves the old split or the new one, plus unlisted leftovers with
+        # this split's own names, which the next conversion deletes.
+        old = manifest_shard_names(manifest, self.split, self.directory) or []
+        listed = self._listed_names(manifest)
+        if not listed.intersection(s["path"] for s in self._shards):
+            for shard in self._shards:
+                final = os.path.join(self.directory, shard["path"])
+                os.replace(final + ".tmp", final)
+            fsync_directory(self.directory)
+            self._record(manifest, self._shards)
+        else:
+            # Replacing a split under the same names: first under fresh
+            # names, then (hard links, where the file system has them) back
+            # under the ordinary ones.
+            generation = self._fresh_generation(listed)
+            fresh = [dict(s, path=f"{s['path'][:-len('.tfrecord')]}"
+                                  f".g{generation}.tfrecord")
+                     for s in self._shards]
+            for shard, new in zip(self._shards, fresh):
+                os.replace(
+                    os.path.join(self.directory, shard["path"] + ".tmp"),
+                    os.path.join(self.directory, new["path"]))
+            fsync_directory(self.directory)
+            self._record(manifest, fresh)
+            self._remove_old(old, fresh)
+            try:
+                for shard, new in zip(self._shards, fresh):
+                    final = os.path.join(self.directory, shard["path"])
+                    if os.path.lexists(final):  # an unlisted leftover
+                        os.remove(final)
+                    os.link(os.path.join(self.directory, new["path"]), final)
+                fsync_directory(self.directory)
+                self._record(manifest, self._shards)
+                self._remove_old([s["path"] for s in fresh], self._shards)
+            except OSError:  # e.g. no hard links here: the fresh names stay
+                manifest = read_manifest(self.directory)
+                names = manifest_shard_names(manifest, self.split,
+                                             self.directory)
+                if names != [s["path"] for s in self._shards]:
+                    self._shards = fresh
+        self._remove_old(old, self._shards)
+        self._remove_leftovers(manifest)
         self._closed = True
         self._handler.finish()
         return [os.path.join(self.directory, s["path"]) for s in self._shards]
+
+    def _remove_old(self, names, keep):
+        keep = {s["path"] for s in keep}
+        for name in names:
+            path = os.path.join(self.directory, name)
+            if name not in keep and os.path.lexists(path):
+                os.remove(path)
 
     def abort(self):
         """Delete what this writer wrote; the manifest is left as it was."""
