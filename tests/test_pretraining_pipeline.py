@@ -327,3 +327,60 @@ def test_every_caption_once_per_pass_and_uncaptioned_images_skipped(
              for e in ds.as_numpy_iterator()]
     assert sorted(c for _, c in pairs) == list(range(len(kept)))
     assert all(owner[c] == k for k, c in pairs)
+
+
+def test_image_ids_come_from_the_manifest_and_workers_split_many_shards(
+        tmp_path, tokenizer):
+    """300 shards of 2 images: `region_image_ids` reads the ids from the
+    manifest (no shard opened), falls back to the records for entries
+    without them, and two workers get disjoint images covering the split."""
+    import keras_interbert.data.region_features.reader as reader
+    from keras_interbert.data.region_features import RegionFeatureWriter
+    from keras_interbert.data.region_features import read_manifest
+    from keras_interbert.data.region_features import region_image_ids
+    from keras_interbert.data.region_features.record_format import (
+        _write_json_atomic)
+
+    out = str(tmp_path / "regions")
+    rng = np.random.default_rng(0)
+    ids = [f"im{k:04d}" for k in range(600)]
+    with RegionFeatureWriter(out, split="train", examples_per_shard=2,
+                             feature_dim=8) as writer:
+        for image_id in ids:
+            writer.write(image_id, 40, 50,
+                         np.array([[1, 2, 30, 20], [0, 0, 10, 10]], "float32"),
+                         rng.random((2, 8)).astype("float32"))
+    captions = [{"image_id": i, "caption": f"a red square {k}",
+                 "split": "train"} for k, i in enumerate(ids)]
+
+    scanned = []
+    original_scan = reader._scan_image_ids
+
+    def scan(paths):
+        scanned.extend(paths)
+        return original_scan(paths)
+
+    reader._scan_image_ids = scan
+    try:
+        assert region_image_ids(out, split="train") == ids
+        assert scanned == []
+        # An older folder: entries without ids are read from the records.
+        manifest = read_manifest(out)
+        for shard in manifest["splits"]["train"]["shards"][::3]:
+            del shard["image_ids"]
+        _write_json_atomic(os.path.join(out, "manifest.json"), manifest)
+        assert region_image_ids(out, split="train") == ids
+        assert len(scanned) == 100
+    finally:
+        reader._scan_image_ids = original_scan
+
+    seen = []
+    for worker in range(2):
+        config = PretrainingDataConfig(max_regions=2, shuffle_buffer=0,
+                                       num_workers=2, worker_index=worker)
+        ds, index = pretraining_examples(out, captions, tokenizer, config,
+                                         split="train")
+        seen.append([index.image_ids[int(e["image_index"])]
+                     for e in ds.as_numpy_iterator()])
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == ids

@@ -399,10 +399,49 @@ def scan_region_files(file_pattern_or_paths, split=None, feature_dim=None,
     return report
 
 
-def region_image_ids(file_pattern_or_paths, split=None):
-    """The image ids stored in canonical files, as a list of strings."""
-    paths, _ = _resolve_files(file_pattern_or_paths, split)
+def _listed_image_ids(manifest):
+    """`{shard name: image ids}` for the shards whose manifest entry lists
+    their ids (written by `RegionFeatureWriter` since the ids were added);
+    an entry whose list does not match its `num_examples` is left out."""
+    found = {}
+    for entry in ((manifest or {}).get("splits") or {}).values():
+        shards = entry.get("shards") if isinstance(entry, dict) else None
+        for shard in shards if isinstance(shards, list) else ():
+            ids = shard.get("image_ids") if isinstance(shard, dict) else None
+            if (isinstance(ids, list) and isinstance(shard.get("path"), str)
+                    and len(ids) == shard.get("num_examples")
+                    and all(isinstance(i, str) for i in ids)):
+                found[shard["path"]] = ids
+    return found
+
+
+def _scan_image_ids(paths):
     spec = {"image_id": tf.io.FixedLenFeature([], tf.string)}
     ds = tf.data.TFRecordDataset(paths).map(
         lambda s: tf.io.parse_single_example(s, spec)["image_id"])
     return [v.decode("utf-8") for v in ds.as_numpy_iterator()]
+
+
+def region_image_ids(file_pattern_or_paths, split=None):
+    """The image ids stored in canonical files, as a list of strings.
+
+    Taken from the manifest's shard entries where they list them (no shard
+    is opened); the shards of older folders, or files without a manifest,
+    are read record by record.
+    """
+    paths, manifests = _resolve_files(file_pattern_or_paths, split)
+    listed = {folder: _listed_image_ids(m) for folder, m in manifests.items()}
+    ids, unlisted = [], []
+    for path in paths:
+        folder, name = os.path.split(os.path.abspath(path))
+        known = listed[folder].get(name)
+        if known is None:
+            unlisted.append(path)
+            continue
+        if unlisted:  # consecutive unlisted shards are read in one pass
+            ids.extend(_scan_image_ids(unlisted))
+            unlisted = []
+        ids.extend(known)
+    if unlisted:
+        ids.extend(_scan_image_ids(unlisted))
+    return ids

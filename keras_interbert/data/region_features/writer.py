@@ -165,6 +165,7 @@ class RegionFeatureWriter:
         self._tmp_path = None
         self._shard_examples = 0
         self._shard_boxes = 0
+        self._shard_ids = []
         self._ids = set()
         self._closed = False
         self.num_written = 0
@@ -249,6 +250,7 @@ class RegionFeatureWriter:
         ))
         self._shard_examples += 1
         self._shard_boxes += int(boxes.shape[0])
+        self._shard_ids.append(image_id)
         self.num_written += 1
         if self._shard_examples >= self.examples_per_shard:
             self._finish_shard()
@@ -281,6 +283,7 @@ class RegionFeatureWriter:
         self._writer = tf.io.TFRecordWriter(self._tmp_path)
         self._shard_examples = 0
         self._shard_boxes = 0
+        self._shard_ids = []
 
     def _finish_shard(self):
         # Shards keep their .tmp name until close(), so that an aborted run
@@ -291,6 +294,9 @@ class RegionFeatureWriter:
             "path": os.path.basename(self._tmp_path)[: -len(".tmp")],
             "num_examples": self._shard_examples,
             "num_boxes": self._shard_boxes,
+            # Readers take a split's image ids from here instead of a pass
+            # over every record (`region_image_ids`).
+            "image_ids": self._shard_ids,
         })
         self._tmp_path = None
 
