@@ -3,8 +3,8 @@ class_probs, else one-hot (or confidence-weighted) distributions from the
 detector's class ids, else none; the pretraining recipe's messages."""
 import json
 import os
-import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -195,18 +195,29 @@ def test_ids_beyond_the_stated_count_fail_in_the_graph(data, tokenizer):
 
 # ---------------------------------------------------------------- recipe --
 
-RECIPE = os.path.join(REPO_ROOT, "recipes", "pretrain.py")
+def pretrain(capsys, data_dir, out, *extra):
+    """recipes/pretrain.py as its command line runs it (through
+    `utils.cli.run_main`: the exit status, refused input as one line on
+    stderr), in this process: a fresh interpreter for each of the four runs
+    cost more than the runs. tests/test_cli_errors.py checks that route from
+    a real process."""
+    sys.path.insert(0, os.path.join(REPO_ROOT, "recipes"))
+    try:
+        import pretrain as recipe
+    finally:
+        sys.path.pop(0)
+    from keras_interbert.utils.cli import run_main
 
-
-def pretrain(data_dir, out, *extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               KERAS_BACKEND="tensorflow")
-    cmd = [sys.executable, RECIPE, "--out", out, "--data", data_dir,
-           "--steps", "2", "--steps-per-epoch", "2", "--batch-size", "4",
-           "--max-regions", "4", "--validation-steps", "1", "--verbose", "0",
-           "--jit-compile", "false", *extra]
-    return subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=600)
+    argv = ["--out", out, "--data", data_dir,
+            "--steps", "2", "--steps-per-epoch", "2", "--batch-size", "4",
+            "--max-regions", "4", "--validation-steps", "1", "--verbose", "0",
+            "--jit-compile", "false", *extra]
+    capsys.readouterr()
+    returncode = run_main(lambda a: 0 if recipe.main(a) else 1, argv,
+                          prog="pretrain.py")
+    printed = capsys.readouterr()
+    return types.SimpleNamespace(returncode=returncode, stdout=printed.out,
+                                 stderr=printed.err)
 
 
 def data_dir(data, regions, name):
@@ -217,10 +228,10 @@ def data_dir(data, regions, name):
     return folder
 
 
-def test_recipe_messages(data, tmp_path):
+def test_recipe_messages(data, tmp_path, capsys):
     # No class targets of any kind: one line, and the run trains MSM + ITM.
     plain = data_dir(data, "plain", "plain_data")
-    result = pretrain(plain, str(tmp_path / "off"))
+    result = pretrain(capsys, plain, str(tmp_path / "off"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert (
         "Masked region modelling is off: the region files hold neither "
@@ -234,21 +245,21 @@ def test_recipe_messages(data, tmp_path):
 
     # Class ids without a count: an error that names the flag...
     uncounted = data_dir(data, "uncounted", "uncounted_data")
-    result = pretrain(uncounted, str(tmp_path / "uncounted"))
+    result = pretrain(capsys, uncounted, str(tmp_path / "uncounted"))
     assert result.returncode == 2  # refused input (utils/cli.py)
     assert (f"pretrain.py: error: {os.path.join(uncounted, 'regions')}: the "
             "files hold detector class ids (object_ids) but no class count: "
             "state it with --num-object-classes") in result.stderr
     # ...but --mrm-weight 0 never needs class targets.
-    result = pretrain(uncounted, str(tmp_path / "no_mrm"), "--mrm-weight",
-                      "0")
+    result = pretrain(capsys, uncounted, str(tmp_path / "no_mrm"),
+                      "--mrm-weight", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Masked region modelling" not in result.stdout
 
     # A folder without a manifest: said as it is.
     empty = tmp_path / "empty"
     (empty / "regions").mkdir(parents=True)
-    result = pretrain(str(empty), str(tmp_path / "none"))
+    result = pretrain(capsys, str(empty), str(tmp_path / "none"))
     assert result.returncode == 2
     assert f"pretrain.py: error: {empty / 'regions'}: no manifest.json: " \
         "--data must hold a regions/ folder" in result.stderr
