@@ -33,7 +33,7 @@ process's peak resident set (`ru_maxrss`), imports included; a `targets`
 row is the peak after its own steps, a `dense` row after both (it runs
 second), so the dense one is an upper bound of its own.
 
-    .venv/bin/python benchmarks/training_throughput.py --original ../shared/original \\
+    .venv/bin/python benchmarks/training_throughput.py --original ~/src/interbert-original \\
         --out reports/training_throughput
     # quick check on a smaller configuration (the original built to match):
     .venv/bin/python benchmarks/training_throughput.py --original DIR --configs small \\
