@@ -21,7 +21,6 @@ A run that stops keeps every finished (seed, variant) in ablations.json; the
 same command again runs only what is missing.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -123,24 +122,13 @@ def run_one(args, data, seed, name, run):
     from keras_interbert.utils.atomic import read_json
     from keras_interbert.utils.run_directory import fresh_run_directory
 
-    recipe = quickstart.RECIPES[args.recipe]
     weights = VARIANTS[name]
     # A rerun of a variant starts from nothing: an earlier run's pretraining
     # backup or score files would be resumed or refused.
     fresh_run_directory(run, "ablation")
     start = time.time()
-    pretrain_argv = [
-        "--out", os.path.join(run, "pretrain"), "--data", data,
-        "--language", args.language,
-        "--num-images", str(args.num_images),
-        "--feature-dim", str(args.feature_dim),
-        "--max-regions", str(args.max_regions),
-        "--preset", args.preset,
-        "--steps", str(args.pretrain_steps), "--steps-per-epoch", "50",
-        "--batch-size", str(args.pretrain_batch_size),
-        "--learning-rate", str(args.pretrain_learning_rate),
-        "--validation-steps", "4", "--seed", str(seed), "--verbose", "2",
-    ] + recipe["pretrain"] + [
+    pretrain_argv = quickstart.pretrain_argv(
+        args, os.path.join(run, "pretrain"), seed, data=data) + [
         "--msm-weight", str(weights["msm"]),
         "--mrm-weight", str(weights["mrm"]),
         "--itm-weight", str(weights["itm"])]
@@ -156,16 +144,10 @@ def run_one(args, data, seed, name, run):
         raise SystemExit("zero-shot evaluation stopped early")
     zero_shot = read_json(os.path.join(zero_shot_dir,
                                        "retrieval_metrics.json"))
-    finetune_argv = [
-        "--init", summary["model"], "--data", data,
-        "--language", args.language, "--out", os.path.join(run, "finetune"),
-        "--epochs", str(args.finetune_epochs),
-        "--steps-per-epoch", str(args.finetune_steps_per_epoch),
-        "--batch-size", str(args.finetune_batch_size),
-        "--max-regions", str(args.max_regions),
-        "--learning-rate", str(args.finetune_learning_rate),
-        "--decay-epochs", args.finetune_decay_epochs, "--seed", str(seed),
-        "--verbose", "2"] + recipe["finetune"]
+    finetune_argv = quickstart.finetune_argv(
+        args, summary["model"], data, os.path.join(run, "finetune"), seed)
+    if weights.get("itc") == 0:  # no contrastive head to finetune
+        finetune_argv += ["--itc-weight", "0"]
     finetuned = finetune_retrieval.main(finetune_argv)
     full = finetuned["evaluation"]["modes"]["full"]
     return {

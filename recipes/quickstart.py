@@ -107,6 +107,39 @@ def parse_args(argv=None):
     return args
 
 
+def pretrain_argv(args, out, seed, data=None):
+    """recipes/pretrain.py's arguments for the quickstart's settings in
+    `args` (also the ablation's: the same names)."""
+    argv = ["--out", out]
+    if data is not None:
+        argv += ["--data", data]
+    return argv + [
+        "--language", args.language,
+        "--num-images", str(args.num_images),
+        "--feature-dim", str(args.feature_dim),
+        "--max-regions", str(args.max_regions),
+        "--preset", args.preset,
+        "--steps", str(args.pretrain_steps), "--steps-per-epoch", "50",
+        "--batch-size", str(args.pretrain_batch_size),
+        "--learning-rate", str(args.pretrain_learning_rate),
+        "--validation-steps", "4", "--seed", str(seed), "--verbose", "2",
+    ] + RECIPES[args.recipe]["pretrain"]
+
+
+def finetune_argv(args, init, data, out, seed):
+    """recipes/finetune_retrieval.py's arguments for the settings in `args`."""
+    return [
+        "--init", init, "--data", data,
+        "--language", args.language, "--out", out,
+        "--epochs", str(args.finetune_epochs),
+        "--steps-per-epoch", str(args.finetune_steps_per_epoch),
+        "--batch-size", str(args.finetune_batch_size),
+        "--max-regions", str(args.max_regions),
+        "--learning-rate", str(args.finetune_learning_rate),
+        "--decay-epochs", args.finetune_decay_epochs, "--seed", str(seed),
+        "--verbose", "2"] + RECIPES[args.recipe]["finetune"]
+
+
 def _t2i(report):
     return report["modes"]["full"]["text_to_image"]
 
@@ -175,17 +208,8 @@ def main(argv=None):
     print(f"\n== 1-2. Bundled data set and pretraining "
           f"({args.pretrain_steps} steps) ==")
     t = time.time()
-    pretrained = pretrain.main([
-        "--out", os.path.join(out, "pretrain"), "--language", args.language,
-        "--num-images", str(args.num_images),
-        "--feature-dim", str(args.feature_dim),
-        "--max-regions", str(args.max_regions),
-        "--preset", args.preset,
-        "--steps", str(args.pretrain_steps), "--steps-per-epoch", "50",
-        "--batch-size", str(args.pretrain_batch_size),
-        "--learning-rate", str(args.pretrain_learning_rate),
-        "--validation-steps", "4", "--seed", str(args.seed), "--verbose", "2",
-    ] + RECIPES[args.recipe]["pretrain"])
+    pretrained = pretrain.main(pretrain_argv(
+        args, os.path.join(out, "pretrain"), args.seed))
     timings["data + pretraining"] = time.time() - t
     data = pretrained["data"]
 
@@ -226,16 +250,9 @@ def main(argv=None):
     # 5. Finetuning and evaluation.
     print("\n== 5. Retrieval finetuning and evaluation ==")
     t = time.time()
-    finetuned = finetune_retrieval.main([
-        "--init", pretrained["model"], "--data", data,
-        "--language", args.language, "--out", os.path.join(out, "retrieval"),
-        "--epochs", str(args.finetune_epochs),
-        "--steps-per-epoch", str(args.finetune_steps_per_epoch),
-        "--batch-size", str(args.finetune_batch_size),
-        "--max-regions", str(args.max_regions),
-        "--learning-rate", str(args.finetune_learning_rate),
-        "--decay-epochs", args.finetune_decay_epochs, "--seed", str(args.seed),
-        "--verbose", "2"] + RECIPES[args.recipe]["finetune"])
+    finetuned = finetune_retrieval.main(finetune_argv(
+        args, pretrained["model"], data, os.path.join(out, "retrieval"),
+        args.seed))
     timings["finetuning + evaluation"] = time.time() - t
 
     # 6. Export and one request.
