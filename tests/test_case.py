@@ -72,29 +72,65 @@ def run_layer_test(cls, init_kwargs, inputs, expected_output_shape=None,
     return layer, outputs
 
 
-def run_preprocessor_test(preprocessor, raw, expected_keys, tmp_dir=None):
+def run_preprocessor_test(preprocessor, raw, expected_keys, tmp_dir=None,
+                          expected_label_keys=None, labels=None,
+                          label_key=None):
     """A preprocessor: the expected keys, the same result eagerly and
-    mapped over `tf.data`, after a config round trip and after a preset
-    round trip; `(x, y)` passes the labels through."""
+    mapped over `tf.data`, after a config round trip (the same config
+    again) and after a preset round trip (save and reload); labels given
+    with the inputs reach the output.
+
+    A preprocessor that makes its own targets (the pretrainer's) returns
+    `(x, y)` from raw inputs alone: `expected_label_keys` are the keys of
+    that `y`, and `labels` given with the inputs must come out as
+    `y[label_key]`. Without `expected_label_keys` the output is `x`, and
+    `(raw, labels)` gives `(x, labels)` (by default `labels` count the
+    examples).
+    """
+    size = len(next(iter(raw.values())))
     outputs = preprocessor(raw)
-    assert sorted(outputs) == sorted(expected_keys), sorted(outputs)
+    if expected_label_keys is None:
+        x = outputs
+    else:
+        assert isinstance(outputs, tuple) and len(outputs) == 2, type(outputs)
+        x, y = outputs
+        assert sorted(y) == sorted(expected_label_keys), sorted(y)
+    assert sorted(x) == sorted(expected_keys), sorted(x)
     mapped = next(iter(tf.data.Dataset.from_tensor_slices(raw).batch(
-        len(next(iter(raw.values())))).map(preprocessor)))
+        size).map(preprocessor)))
     assert_all_close(mapped, outputs, rtol=0, atol=0)
 
     config = preprocessor.get_config()
-    config["tokenizer"] = preprocessor.tokenizer
-    assert_all_close(type(preprocessor).from_config(config)(raw), outputs,
-                     rtol=0, atol=0)
+    clone = type(preprocessor).from_config(
+        dict(config, tokenizer=preprocessor.tokenizer))
+    assert clone.get_config() == config
+    assert_all_close(clone(raw), outputs, rtol=0, atol=0)
+
+    def settings(p):  # a reloaded layer has a new name and tokenizer object
+        return {k: v for k, v in p.get_config().items()
+                if k not in ("name", "tokenizer")}
+
     with tempfile.TemporaryDirectory(dir=tmp_dir) as folder:
         preset = os.path.join(folder, "preset")
         preprocessor.save_to_preset(preset)
-        assert_all_close(type(preprocessor).from_preset(preset)(raw), outputs,
-                         rtol=0, atol=0)
+        reloaded = type(preprocessor).from_preset(preset)
+        assert settings(reloaded) == settings(preprocessor)
+        assert (reloaded.tokenizer.get_vocabulary()
+                == preprocessor.tokenizer.get_vocabulary())
+        assert_all_close(reloaded(raw), outputs, rtol=0, atol=0)
 
-    labels = np.arange(len(next(iter(raw.values()))))
-    x, y = preprocessor(raw, labels)
-    np.testing.assert_array_equal(np.asarray(y), labels)
+    if labels is None:
+        labels = np.arange(size)
+    labelled = preprocessor(raw, labels)
+    mapped = next(iter(tf.data.Dataset.from_tensor_slices(
+        (raw, labels)).batch(size).map(preprocessor)))
+    assert_all_close(mapped, labelled, rtol=0, atol=0)
+    x, y = labelled
+    if expected_label_keys is None:
+        np.testing.assert_array_equal(np.asarray(y), labels)
+    else:
+        assert sorted(y) == sorted(expected_label_keys), sorted(y)
+        np.testing.assert_array_equal(np.asarray(y[label_key]), labels)
     return outputs
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from conftest import TINY_BACKBONE
 from conftest import random_backbone_inputs
+import test_case
 from test_case import run_layer_test
 from test_case import run_model_test
 from test_case import run_preprocessor_test
@@ -22,6 +23,7 @@ from keras_interbert.models.interbert_backbone import SequencePooling
 from keras_interbert.models.option_layers import MergeOptions
 from keras_interbert.models.option_layers import SplitOptions
 from keras_interbert.preprocessing import InterBERTMultipleChoicePreprocessor
+from keras_interbert.preprocessing import InterBERTPretrainerPreprocessor
 from keras_interbert.preprocessing import InterBERTRegionPacker
 from keras_interbert.preprocessing import InterBERTRetrieverPreprocessor
 from keras_interbert.preprocessing import InterBERTTextClassifierPreprocessor
@@ -110,15 +112,49 @@ def _preprocessors():
             {"question": np.array(["a dog ?", "red ?"]),
              "options": np.array([["beach", "ball"], ["a", "the dog"]]),
              **_image(2)}),
+        # Makes its own targets: `(x, y)` from raw pairs alone. Keyed on
+        # `example_index`, so every call draws the same masks.
+        "pretrainer": (InterBERTPretrainerPreprocessor(
+            tokenizer, sequence_length=8, max_regions=3, mrm="random",
+            region_feature_source=FEATURE_SOURCE),
+            {"text": np.array(["a dog on the beach", "the red ball ?",
+                               "red"]),
+             **_image(3),
+             "region_class_probs": RNG.dirichlet(
+                 np.ones(5), size=(3, 4)).astype("float32"),
+             "example_index": np.array([4, 9, 2], "int64")}),
     }
 
 
+FEATURE_SOURCE = {"kind": "extracted", "extractor": {"classifier": "a"},
+                  "fingerprint": "sha256:0123", "feature_dim": DIM,
+                  "image_size": 64}
+PRETRAINER_X = BACKBONE_KEYS + ["msm_positions", "mrm_positions"]
+PRETRAINER_Y = ["msm_labels", "msm_weights", "mrm_targets", "mrm_weights",
+                "itm_labels"]
+
+
 @pytest.mark.parametrize("name", ["retriever", "text_classifier",
-                                  "multiple_choice"])
+                                  "multiple_choice", "pretrainer"])
 def test_preprocessor(name, tmp_path):
     preprocessor, raw = _preprocessors()[name]
-    run_preprocessor_test(preprocessor, raw, BACKBONE_KEYS,
-                          tmp_dir=str(tmp_path))
+    if name != "pretrainer":
+        run_preprocessor_test(preprocessor, raw, BACKBONE_KEYS,
+                              tmp_dir=str(tmp_path))
+        return
+    run_preprocessor_test(preprocessor, raw, PRETRAINER_X,
+                          tmp_dir=str(tmp_path),
+                          expected_label_keys=PRETRAINER_Y,
+                          labels=np.array([1, 0, 1], "int32"),
+                          label_key="itm_labels")
+    # The feature source is kept, not used: the same batches without it.
+    plain = InterBERTPretrainerPreprocessor.from_config(dict(
+        preprocessor.get_config(), tokenizer=preprocessor.tokenizer,
+        region_feature_source=None))
+    assert plain.region_feature_source is None
+    assert (preprocessor.get_config()["region_feature_source"]
+            == FEATURE_SOURCE)
+    test_case.assert_all_close(plain(raw), preprocessor(raw), rtol=0, atol=0)
 
 
 def _backbone():

@@ -56,6 +56,31 @@ def tokenize_together(tokenizer, columns):
     return pieces
 
 
+def checked_feature_source(source, owner):
+    """`source` (a preprocessor's `region_feature_source`) as plain JSON
+    values, or an error naming what is wrong.
+
+    `None` (not known) or a dict such as `feature_source_of(data_dir)`
+    gives (`keras_interbert.data.feature_source`).
+    """
+    if source is None:
+        return None
+    if not isinstance(source, dict):
+        raise ValueError(
+            f"{owner}: `region_feature_source` must be a dict (see "
+            "keras_interbert.data.feature_source_of) or None; received "
+            f"{type(source).__name__}.")
+    try:
+        plain = json.loads(json.dumps(source, sort_keys=True))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{owner}: `region_feature_source` must hold JSON "
+                         f"values only ({e}).") from None
+    if "class_name" in plain:  # Keras would read it as a serialized object
+        raise ValueError(f"{owner}: `region_feature_source` may not have a "
+                         "'class_name' key.")
+    return plain
+
+
 class InterBERTPreprocessor(keras_hub.models.Preprocessor):
     """Base of the task preprocessors (keras-hub's `Preprocessor` contract).
 
@@ -63,13 +88,20 @@ class InterBERTPreprocessor(keras_hub.models.Preprocessor):
     (constructor arguments besides the tokenizer) and implement `call(x,
     y=None, sample_weight=None)`. This base holds the tokenizer and the
     text packer, and gives `from_preset` / `save_to_preset`.
+
+    Every preprocessor also carries `region_feature_source`: what made the
+    region features the model was trained on (a dict, as
+    `keras_interbert.data.feature_source_of(data_dir)` gives it, or `None`
+    when not known). It changes nothing in `call`; it travels in the config
+    so that the exporter can refuse an image extractor that would give the
+    served model other features (docs/serving.md, docs/your-data.md).
     """
 
     tokenizer_cls = InterBERTTokenizer
     raw_input_names = ()
 
     def __init__(self, tokenizer, sequence_length, truncate_after_packing,
-                 **kwargs):
+                 region_feature_source=None, **kwargs):
         super().__init__(**kwargs)
         self._convert_input_args = False
         self._allow_non_tensor_positional_args = True
@@ -79,6 +111,8 @@ class InterBERTPreprocessor(keras_hub.models.Preprocessor):
         self.tokenizer = tokenizer
         self.sequence_length = int(sequence_length)
         self.truncate_after_packing = bool(truncate_after_packing)
+        self.region_feature_source = checked_feature_source(
+            region_feature_source, type(self).__name__)
         # The packer reads the special ids from the vocabulary, which a
         # tokenizer loaded from a `.keras` file receives only after
         # construction (as an asset): it is made on first use.
@@ -103,9 +137,13 @@ class InterBERTPreprocessor(keras_hub.models.Preprocessor):
     def _settings(self):
         raise NotImplementedError
 
+    def _all_settings(self):
+        return {**self._settings(),
+                "region_feature_source": self.region_feature_source}
+
     def get_config(self):
         config = super().get_config()
-        config.update(self._settings())
+        config.update(self._all_settings())
         return config
 
     def save_to_preset(self, preset_dir):
@@ -123,7 +161,7 @@ class InterBERTPreprocessor(keras_hub.models.Preprocessor):
                                       self.tokenizer.get_vocabulary()))
         write_json_atomically(os.path.join(preset_dir, PREPROCESSOR_CONFIG), {
             "class_name": type(self).__name__,
-            "vocabulary": VOCABULARY_FILE, **self._settings()})
+            "vocabulary": VOCABULARY_FILE, **self._all_settings()})
 
     @classmethod
     def from_preset(cls, preset, **overrides):
