@@ -9,7 +9,10 @@ the same command continues from its last completed epoch. Ends by writing
 `pretrained.keras` (what the finetuning recipes load), `metrics.json` and
 `training_curves.png` into `--out`. `--out` must be new, empty or this
 recipe's own run with the same arguments (see docs/reliability.md); a
-finished run is reported and left unchanged.
+finished run is reported and left unchanged. Every saved model holds the
+`InterBERTPretrainerPreprocessor` of the run (`model.preprocessor`: the
+tokenizer, lengths and masking settings, and the data's
+`region_feature_source`).
 
 The backend comes from KERAS_BACKEND; the strategy from `--strategy`.
 
@@ -221,8 +224,10 @@ def main(argv=None):
     keras.config.set_dtype_policy(args.mixed_precision)
 
     from keras_interbert.data.errors import RegionDataError
+    from keras_interbert.data.feature_source import feature_source_of
     from keras_interbert.data.pretraining_pipeline import PretrainingDataConfig
     from keras_interbert.data.pretraining_pipeline import pretraining_dataset
+    from keras_interbert.data.pretraining_pipeline import pretrainer_preprocessor
     from keras_interbert.data.pretraining_pipeline import resolve_mrm_targets
     from keras_interbert.data.region_features import MANIFEST_NAME
     from keras_interbert.data.region_features import read_manifest
@@ -304,6 +309,12 @@ def main(argv=None):
             itc=args.itc_weight > 0, seed=args.seed, mrm_targets=targets.kind,
             num_object_classes=args.num_object_classes), **overrides))
 
+    # The layer that applies the pipeline's packing, layout and masking
+    # rules travels in every saved model (`model.preprocessor`), with what
+    # made the region features (checked by the exporter's --image-extractor).
+    model.set_preprocessor(pretrainer_preprocessor(
+        tokenizer, data_config(), region_feature_source=feature_source_of(
+            data)))
     train = pretraining_dataset(regions, captions, tokenizer,
                                 data_config(repeat=True), split="train")
     val = pretraining_dataset(regions, captions, tokenizer,

@@ -385,12 +385,15 @@ def pretraining_dataset(regions, captions, tokenizer, config=None, split=None):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def pretrainer_preprocessor(tokenizer, config=None):
+def pretrainer_preprocessor(tokenizer, config=None,
+                            region_feature_source=None):
     """The `InterBERTPretrainerPreprocessor` that applies `config`'s rules.
 
     The pipeline draws the pairs (and their ITM labels) over the whole
     corpus, then hands each batch to this layer's `example_fields` and
     `finish_batch`; a pretrainer holding it masks raw pairs the same way.
+    `region_feature_source` (`feature_source_of(data_dir)`) is recorded
+    in the layer's config.
     """
     config = config or PretrainingDataConfig()
     return InterBERTPretrainerPreprocessor(
@@ -402,7 +405,8 @@ def pretrainer_preprocessor(tokenizer, config=None):
         mrm_iou_threshold=config.mrm_iou_threshold,
         global_feature=config.global_feature,
         msm_positions=config.msm_positions, mrm_positions=config.mrm_positions,
-        itc=config.itc, seed=config.seed)
+        itc=config.itc, seed=config.seed,
+        region_feature_source=region_feature_source)
 
 
 def pretraining_examples(regions, captions, tokenizer, config=None, split=None):
