@@ -7,7 +7,8 @@ batches (on the accelerator when Keras sees one) and writes, under `--out`:
 
   regions/                 canonical shards and manifest.json (docs/data.md)
   regions/extraction.json  how the features were made (backbone, boxes,
-                           where class_probs come from)
+                           where class_probs come from, the extractor's
+                           fingerprint)
   captions_en.jsonl        the captions of the images that were written
   extraction_report.json   images that could not be decoded or were missing
 
@@ -310,6 +311,7 @@ def main(argv=None):
         written[split] = assemble(out_regions, partial, split, dirs, k)
     from keras_interbert.data.region_features import read_manifest
     from keras_interbert.utils.atomic import write_json_atomically
+    from keras_interbert.vision import feature_fingerprint
 
     manifest = read_manifest(out_regions)
     if detector is not None:
@@ -324,6 +326,9 @@ def main(argv=None):
         probs_source = None
     provenance = {
         "extractor": source,
+        # What decides the features (weights and settings): the exporter
+        # compares it with the extractor a model is served with.
+        "fingerprint": feature_fingerprint(extractor),
         "image_size": extractor.image_size,
         "feature_dim": extractor.feature_dim,
         "feature_stride": extractor.feature_stride,

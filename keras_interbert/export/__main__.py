@@ -44,6 +44,10 @@ def parse_args(argv=None):
                         help="a .keras RegionFeatureExtractor: adds the "
                         "score_image signature (encoded image + caption in; "
                         "matching models only; docs/vision.md)")
+    parser.add_argument("--allow-other-features", action="store_true",
+                        help="export with an --image-extractor that does "
+                        "not give the features the model was trained on "
+                        "(refused by default; docs/your-data.md)")
     parser.add_argument("--grid-levels", default="6",
                         help="score_image's grid of regions, comma-separated "
                         "levels (default 6: 36 cells)")
@@ -92,6 +96,8 @@ def main(argv=None):
                                   model_name=args.name,
                                   overwrite=args.overwrite,
                                   image_extractor=args.image_extractor,
+                                  allow_other_features=(
+                                      args.allow_other_features),
                                   grid_levels=tuple(
                                       int(v) for v in
                                       args.grid_levels.split(",") if v))

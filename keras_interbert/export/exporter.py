@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras_interbert.export.export_options import ExportOptions
 from keras_interbert.export.image_serving import SCORE_IMAGE_IO
 from keras_interbert.export.image_serving import append_image_warmup
+from keras_interbert.export.image_serving import check_feature_source
 from keras_interbert.export.image_serving import score_image_signature
 from keras_interbert.export.tasks import serving_tasks
 from keras_interbert.export.tasks import task_named
@@ -20,6 +21,7 @@ from keras_interbert.preprocessing import InterBERTTextPacker
 from keras_interbert.preprocessing import InterBERTTokenizer
 from keras_interbert.utils.atomic import atomic_directory
 from keras_interbert.utils.atomic import write_json_atomically
+from keras_interbert.vision.region_feature_extractor import feature_fingerprint
 
 METADATA_FILE = os.path.join("assets.extra", "interbert_export.json")
 VOCABULARY_FILE = "vocabulary.txt"
@@ -82,7 +84,7 @@ def _signature_io(task, model, options, names):
 
 def export_for_serving(model, export_dir, options=None, model_name=None,
                        overwrite=False, image_extractor=None,
-                       grid_levels=(6,)):
+                       grid_levels=(6,), allow_other_features=False):
     """Writes `model` as a SavedModel that TensorFlow Serving loads.
 
     The signatures take raw values (caption strings, region features and
@@ -116,6 +118,10 @@ def export_for_serving(model, export_dir, options=None, model_name=None,
             the extractor on `grid_levels` grid boxes and the model in the
             graph; see `image_serving`).
         grid_levels: the grid of regions `score_image` pools.
+        allow_other_features: export with an `image_extractor` that does
+            not give the features the model was trained on (its
+            preprocessor's `region_feature_source`), with a warning line,
+            instead of refusing it (see `image_serving.check_feature_source`).
 
     Returns:
         The export's metadata (the content of `interbert_export.json`).
@@ -149,7 +155,13 @@ def export_for_serving(model, export_dir, options=None, model_name=None,
     signatures = task_named(task).build_signatures(model, tokenizer, packer,
                                                    options)
     if image_extractor is not None:
+        extractor_name = (os.fspath(image_extractor) if isinstance(
+            image_extractor, (str, os.PathLike)) else None)
         image_extractor = _image_extractor(image_extractor, task, backbone)
+        check_feature_source(
+            image_extractor, getattr(preprocessor, "region_feature_source",
+                                     None),
+            name=extractor_name, allow_other=allow_other_features)
         signatures.update(score_image_signature(
             signatures["score"][0], image_extractor, grid_levels))
 
@@ -216,6 +228,11 @@ def _write_export(export_dir, model, source, task, options, backbone,
                              "regions are kept (detector score order)",
         "global_slot": "mean of all num_regions real region features, "
                        "location [0, 0, 1, 1, 1], mask 1",
+        # What made the features the model was trained on (its
+        # preprocessor's record; None when not known).
+        "region_feature_source": getattr(
+            getattr(model, "preprocessor", None), "region_feature_source",
+            None),
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
     }
@@ -227,6 +244,7 @@ def _write_export(export_dir, model, source, task, options, backbone,
             "grid_levels": list(grid_levels),
             "feature_dim": image_extractor.feature_dim,
             "feature_stride": image_extractor.feature_stride,
+            "fingerprint": feature_fingerprint(image_extractor),
         }
     path = os.path.join(export_dir, METADATA_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -128,3 +128,74 @@ def python_score_inputs(extractor, inputs, grid_levels):
         "num_regions": np.array([len(r["boxes"]) for r in results],
                                 np.int32),
     }
+
+
+def check_feature_source(extractor, source, name=None, allow_other=False):
+    """Refuses an image extractor that would serve other features than the
+    model was trained on.
+
+    `source` is the model preprocessor's `region_feature_source`
+    (`keras_interbert.data.feature_source_of`). An extractor matches
+    features from `recipes/extract_regions.py` when its
+    `feature_fingerprint` is the recorded one (for a record without a
+    fingerprint: when the image size, feature width, stride and RoIAlign
+    settings agree, with a warning that the weights were not compared).
+    Features no extractor made (the synthetic data set) match none.
+
+    With nothing recorded (`source` None) one warning line goes to stderr
+    and the export proceeds. A mismatch raises `ValueError` naming both the
+    recorded source and the given extractor, unless `allow_other`, which
+    turns it into a warning line.
+    """
+    import sys
+
+    from keras_interbert.data.feature_source import describe_feature_source
+    from keras_interbert.data.feature_source import short_fingerprint
+    from keras_interbert.vision.region_feature_extractor import (
+        feature_fingerprint)
+
+    fingerprint = feature_fingerprint(extractor)
+    given = (f"image extractor {name or type(extractor).__name__} "
+             f"({extractor.feature_dim}-d, image_size "
+             f"{extractor.image_size}, fingerprint "
+             f"{short_fingerprint(fingerprint)})")
+
+    def warn(message):
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    if source is None:
+        warn(f"the model records no region feature source, so nothing "
+             f"checks that the {given} gives the features it was trained "
+             "on; exporting anyway.")
+        return
+    kind = source.get("kind")
+    if kind == "extracted" and source.get("fingerprint"):
+        if source["fingerprint"] == fingerprint:
+            return
+    elif kind == "extracted":
+        roi = source.get("roi_align") or {}
+        recorded = {"image_size": source.get("image_size"),
+                    "feature_dim": source.get("feature_dim"),
+                    "feature_stride": source.get("feature_stride"),
+                    "output_size": roi.get("output_size"),
+                    "sampling_ratio": roi.get("sampling_ratio")}
+        differ = [k for k, v in recorded.items()
+                  if v is not None and v != getattr(extractor, k)]
+        if not differ:
+            warn(f"the model's feature source records no fingerprint; the "
+                 f"{given} has its settings, but its weights cannot be "
+                 "compared; exporting anyway.")
+            return
+    elif kind != "synthetic":
+        warn(f"the model records region features of unknown kind {kind!r}; "
+             f"cannot check the {given}; exporting anyway.")
+        return
+    problem = (f"the {given} does not give the features the model was "
+               f"trained on: {describe_feature_source(source)}")
+    if allow_other:
+        warn(problem + "; exporting anyway (allowed).")
+        return
+    raise ValueError(
+        problem + ". Serve it with the extractor that made its training data "
+        "(recipes/extract_regions.py's), or pass allow_other_features=True "
+        "(--allow-other-features) to export it anyway.")

@@ -9,5 +9,6 @@ from keras_interbert.vision.region_extraction import prepare_images
 from keras_interbert.vision.region_feature_extractor import (
     RegionFeatureExtractor,
 )
+from keras_interbert.vision.region_feature_extractor import feature_fingerprint
 from keras_interbert.vision.roi_align import RoIAlign
 from keras_interbert.vision.roi_align import roi_align

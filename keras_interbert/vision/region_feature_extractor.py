@@ -147,3 +147,34 @@ class RegionFeatureExtractor(keras.Model):
         config["image_backbone"] = keras.saving.deserialize_keras_object(
             config["image_backbone"])
         return cls(**config)
+
+
+def feature_fingerprint(extractor):
+    """A digest of everything that decides a `RegionFeatureExtractor`'s
+    region features: the image backbone's weights (values, shapes and
+    dtypes, in the backbone's own order), the input size, the pixel
+    normalisation and the RoIAlign settings.
+
+    Two extractors with the same fingerprint give the same features for the
+    same image and boxes; the class head (which only makes `class_probs`) is
+    left out. The same on every backend and after a `.keras` save and load.
+    Returns `"sha256:<hex>"`.
+    """
+    import hashlib
+    import json
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    settings = {"image_size": int(extractor.image_size),
+                "output_size": int(extractor.output_size),
+                "sampling_ratio": int(extractor.sampling_ratio),
+                "pixel_mean": [float(m) for m in extractor.pixel_mean],
+                "pixel_std": [float(s) for s in extractor.pixel_std],
+                "feature_dim": int(extractor.feature_dim)}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for variable in extractor.image_backbone.weights:
+        value = np.ascontiguousarray(ops.convert_to_numpy(variable))
+        digest.update(f"{value.dtype.str}{value.shape}".encode())
+        digest.update(value.tobytes())
+    return "sha256:" + digest.hexdigest()
