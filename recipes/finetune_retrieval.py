@@ -16,7 +16,13 @@ finetuned model, and writes into `--out`:
     metrics.json           training history, evaluation, settings
     history.csv            per-epoch losses and accuracies
     training_curves.png    loss and accuracy per epoch
+    tensorboard/           TensorBoard logs
     evaluation/            scores, recall table and recall-at-K plot
+
+A killed run started again with the same command continues from its last
+completed epoch (a backup in `<out>/backup`, deleted when the run
+finishes), and an interrupted evaluation from its partial scores; a
+finished run is reported and left unchanged (docs/reliability.md).
 
     KERAS_BACKEND=jax .venv/bin/python recipes/finetune_retrieval.py \
         --init runs/pretrain/pretrained.keras --data runs/bundled-data-1000-d256 \
@@ -83,11 +89,18 @@ def parse_args(argv=None):
                        "paper: 0.9999; only for runs of many thousand steps).")
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--verbose", type=int, default=1)
+    train.add_argument("--crash-after-steps", type=int, default=None,
+                       help="Testing aid: end the process abruptly (as a "
+                       "kill would) after this many steps of this attempt.")
     evaluation = p.add_argument_group("evaluation")
     evaluation.add_argument("--eval-split", default="test")
     evaluation.add_argument("--eval-batch-size", type=int, default=1000)
     evaluation.add_argument("--no-eval", action="store_true")
     return p.parse_args(argv)
+
+
+# Arguments that may change between the attempts of one run.
+NOT_DEFINING = ("out", "verbose", "crash_after_steps")
 
 
 def main(argv=None):
@@ -104,7 +117,7 @@ def main(argv=None):
     from keras_interbert.models.loading import check_vocabulary
     from keras_interbert.preprocessing import InterBERTRetrieverPreprocessor
     from keras_interbert.preprocessing import InterBERTTokenizer
-    from keras_interbert.training import HistoryCSVLogger
+    from keras_interbert.training import ResumableFit
     from keras_interbert.training import finetuning_optimizer
     from keras_interbert.training import plot_history
     from keras_interbert.training import save_model_atomically
@@ -113,7 +126,7 @@ def main(argv=None):
     from keras_interbert.utils.run_directory import run_arguments
 
     run = claim_run_directory(args.out, "finetune_retrieval",
-                              run_arguments(args))
+                              run_arguments(args, ignore=NOT_DEFINING))
     if run.finished:
         return run.finished_summary()
     regions = os.path.join(args.data, "regions")
@@ -166,21 +179,26 @@ def main(argv=None):
               f"keeps {args.ema_momentum ** total:.0%} of the initial weights "
               "in the average; evaluate without EMA for short runs.")
 
-    callbacks = [HistoryCSVLogger(os.path.join(args.out, "history.csv"))]
-    if args.ema_momentum:
-        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    resume = ResumableFit(args.out, steps_per_epoch=steps,
+                          crash_after_steps=args.crash_after_steps)
+    train = resume.skip(train)
+    resume.build(retriever, train)
+    # The averaged weights go into the model only after the backup, which
+    # must hold the trained ones.
+    callbacks = resume.callbacks(after=[
+        keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+    ] if args.ema_momentum else [])
     print(f"Finetuning on {num_captions} training captions: {args.epochs} "
           f"epochs x {steps} steps of {args.batch_size} captions "
           f"({4 * args.batch_size} pairs).")
     start = time.time()
-    history = retriever.fit(train, epochs=args.epochs, steps_per_epoch=steps,
-                            callbacks=callbacks, verbose=args.verbose,
-                            shuffle=False)
+    retriever.fit(train, epochs=args.epochs, steps_per_epoch=steps,
+                  callbacks=callbacks, verbose=args.verbose, shuffle=False)
+    history = resume.history()
     train_seconds = time.time() - start
     final = save_model_atomically(retriever, os.path.join(args.out,
                                                           "finetuned.keras"))
-    plot_history({k: list(v) for k, v in history.history.items()},
-                 os.path.join(args.out, "training_curves.png"),
+    plot_history(history, os.path.join(args.out, "training_curves.png"),
                  title=f"retrieval finetuning ({keras.config.backend()})")
     summary = {
         "backend": keras.config.backend(),
@@ -194,9 +212,9 @@ def main(argv=None):
         "batch_size_captions": args.batch_size,
         "learning_rate": args.learning_rate,
         "ema_momentum": args.ema_momentum,
-        "train_seconds": round(train_seconds, 1),
-        "history": {k: [float(x) for x in v]
-                    for k, v in history.history.items()},
+        "resumed_after_epoch": resume.initial_epoch,
+        "train_seconds": round(train_seconds, 1),  # of this attempt
+        "history": history,
     }
     if not args.no_eval:
         sys.path.insert(0, HERE)
@@ -218,6 +236,7 @@ def main(argv=None):
     write_json_atomically(os.path.join(args.out, "metrics.json"), summary,
                           default=float)
     run.finish()
+    resume.finished()
     return summary
 
 

@@ -5,8 +5,11 @@ columns and a `label` column); the text goes through the model with no image
 and the classifier reads the pooled text vector. Loads the pretrained model
 with `keras.saving` (or a preset), trains with the finetuning optimizer
 (warmup, then constant), reports dev accuracy next to the majority-class
-baseline, and writes `finetuned.keras`, `metrics.json`, `history.csv` and
-`training_curves.png` into `--out`.
+baseline, and writes `finetuned.keras`, `metrics.json`, `history.csv`,
+`training_curves.png` and `tensorboard/` into `--out`. A killed run started
+again with the same command continues from its last completed epoch (a
+backup in `<out>/backup`, deleted when the run finishes); a finished run is
+reported and left unchanged (docs/reliability.md).
 
 The bundled data set has two small tasks made from its captions
 (`keras_interbert.data.text_classification_pipeline.write_caption_tasks`):
@@ -41,7 +44,14 @@ def parse_args(argv=None):
     p.add_argument("--warmup-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--verbose", type=int, default=1)
+    p.add_argument("--crash-after-steps", type=int, default=None,
+                   help="Testing aid: end the process abruptly (as a kill "
+                   "would) after this many steps of this attempt.")
     return p.parse_args(argv)
+
+
+# Arguments that may change between the attempts of one run.
+NOT_DEFINING = ("out", "verbose", "crash_after_steps")
 
 
 def main(argv=None):
@@ -56,7 +66,7 @@ def main(argv=None):
         TextClassificationDataConfig, read_tsv, text_classification_dataset)
     from keras_interbert.models.loading import check_vocabulary
     from keras_interbert.preprocessing import InterBERTTokenizer
-    from keras_interbert.training import HistoryCSVLogger
+    from keras_interbert.training import ResumableFit
     from keras_interbert.training import finetuning_optimizer
     from keras_interbert.training import plot_history
     from keras_interbert.training import save_model_atomically
@@ -64,7 +74,8 @@ def main(argv=None):
     from keras_interbert.utils.run_directory import claim_run_directory
     from keras_interbert.utils.run_directory import run_arguments
 
-    run = claim_run_directory(args.out, "finetune_text", run_arguments(args))
+    run = claim_run_directory(args.out, "finetune_text",
+                              run_arguments(args, ignore=NOT_DEFINING))
     if run.finished:
         return run.finished_summary()
     columns = [c.strip() for c in args.columns.split(",") if c.strip()]
@@ -87,19 +98,23 @@ def main(argv=None):
     model.compile(optimizer=finetuning_optimizer(
         total_steps=steps * args.epochs, learning_rate=args.learning_rate,
         warmup_fraction=args.warmup_fraction, decay_epochs=()))
+    resume = ResumableFit(args.out, steps_per_epoch=steps,
+                          crash_after_steps=args.crash_after_steps)
+    train_data = resume.skip(text_classification_dataset(train, tokenizer,
+                                                         config(True)))
+    resume.build(model, train_data)
     start = time.time()
-    history = model.fit(
-        text_classification_dataset(train, tokenizer, config(True)),
+    model.fit(
+        train_data,
         validation_data=text_classification_dataset(dev, tokenizer,
                                                     config(False)),
         epochs=args.epochs, steps_per_epoch=steps, verbose=args.verbose,
-        shuffle=False,
-        callbacks=[HistoryCSVLogger(os.path.join(args.out, "history.csv"))])
+        shuffle=False, callbacks=resume.callbacks())
+    history = resume.history()
     seconds = time.time() - start
     final = save_model_atomically(model, os.path.join(args.out,
                                                       "finetuned.keras"))
-    plot_history({k: list(v) for k, v in history.history.items()},
-                 os.path.join(args.out, "training_curves.png"),
+    plot_history(history, os.path.join(args.out, "training_curves.png"),
                  title=f"text classification ({keras.config.backend()})")
     logits = model.predict(text_classification_dataset(dev, tokenizer,
                                                        config(False)),
@@ -110,12 +125,15 @@ def main(argv=None):
         "backend": keras.config.backend(), "init": args.init, "model": final,
         "task_dir": args.task_dir, "labels": train.label_vocabulary,
         "train_examples": train.num_examples, "dev_examples": dev.num_examples,
-        "epochs": args.epochs, "train_seconds": round(seconds, 1),
+        "epochs": args.epochs, "steps_per_epoch": steps,
+        "resumed_after_epoch": resume.initial_epoch,
+        "train_seconds": round(seconds, 1),  # of this attempt
         "dev_accuracy": accuracy, "majority_baseline": majority,
-        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+        "history": history,
     }
     write_json_atomically(os.path.join(args.out, "metrics.json"), summary)
     run.finish()
+    resume.finished()
     print(f"dev accuracy {accuracy:.3f} (majority class {majority:.3f}, "
           f"{dev.num_examples} examples)")
     return summary

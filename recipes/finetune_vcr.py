@@ -6,8 +6,11 @@ softmax over the options) and trains Q->A and QA->R jointly: batches of the
 two tasks alternate, each followed by its own optimizer step, as the
 original does. Then reports, on `--eval-split`, Q->A and QA->R accuracy
 (QA->R conditioned on the gold answer) and Q->AR (both right for the same
-question). Writes `finetuned.keras`, `metrics.json`, `history.csv` and
-`training_curves.png` into `--out`.
+question). Writes `finetuned.keras`, `metrics.json`, `history.csv`,
+`training_curves.png` and `tensorboard/` into `--out`. A killed run started
+again with the same command continues from its last completed epoch (a
+backup in `<out>/backup`, deleted when the run finishes); a finished run is
+reported and left unchanged (docs/reliability.md).
 
 Records are JSON Lines (see `keras_interbert.data.read_multiple_choice`);
 the bundled data set's are made with
@@ -47,7 +50,14 @@ def parse_args(argv=None):
     p.add_argument("--eval-split", default="val")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--verbose", type=int, default=1)
+    p.add_argument("--crash-after-steps", type=int, default=None,
+                   help="Testing aid: end the process abruptly (as a kill "
+                   "would) after this many steps of this attempt.")
     return p.parse_args(argv)
+
+
+# Arguments that may change between the attempts of one run.
+NOT_DEFINING = ("out", "verbose", "crash_after_steps")
 
 
 def alternate(first, second):
@@ -75,7 +85,7 @@ def main(argv=None):
         multiple_choice_accuracies)
     from keras_interbert.models.loading import check_vocabulary
     from keras_interbert.preprocessing import InterBERTTokenizer
-    from keras_interbert.training import HistoryCSVLogger
+    from keras_interbert.training import ResumableFit
     from keras_interbert.training import finetuning_optimizer
     from keras_interbert.training import plot_history
     from keras_interbert.training import save_model_atomically
@@ -83,7 +93,8 @@ def main(argv=None):
     from keras_interbert.utils.run_directory import claim_run_directory
     from keras_interbert.utils.run_directory import run_arguments
 
-    run = claim_run_directory(args.out, "finetune_vcr", run_arguments(args))
+    run = claim_run_directory(args.out, "finetune_vcr",
+                              run_arguments(args, ignore=NOT_DEFINING))
     if run.finished:
         return run.finished_summary()
     regions = os.path.join(args.data, "regions")
@@ -121,20 +132,25 @@ def main(argv=None):
         total_steps=total, learning_rate=args.learning_rate,
         warmup_fraction=args.warmup_fraction, decay_epochs=(),
         ema_momentum=args.ema_momentum))
-    callbacks = [HistoryCSVLogger(os.path.join(args.out, "history.csv"))]
-    if args.ema_momentum:
-        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    resume = ResumableFit(args.out, steps_per_epoch=steps,
+                          crash_after_steps=args.crash_after_steps)
+    train = resume.skip(alternate(q_a, qa_r))
+    resume.build(model, train)
+    # The averaged weights go into the model only after the backup, which
+    # must hold the trained ones.
+    callbacks = resume.callbacks(after=[
+        keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+    ] if args.ema_momentum else [])
     print(f"{num_train} training questions; {args.epochs} epochs x {steps} "
           "steps (Q->A and QA->R batches alternating).")
     start = time.time()
-    history = model.fit(alternate(q_a, qa_r), epochs=args.epochs,
-                        steps_per_epoch=steps, callbacks=callbacks,
-                        verbose=args.verbose, shuffle=False)
+    model.fit(train, epochs=args.epochs, steps_per_epoch=steps,
+              callbacks=callbacks, verbose=args.verbose, shuffle=False)
+    history = resume.history()
     seconds = time.time() - start
     final = save_model_atomically(model, os.path.join(args.out,
                                                       "finetuned.keras"))
-    plot_history({k: list(v) for k, v in history.history.items()},
-                 os.path.join(args.out, "training_curves.png"),
+    plot_history(history, os.path.join(args.out, "training_curves.png"),
                  title=f"VCR-style finetuning ({keras.config.backend()})")
 
     eval_q_a, num_eval = data(args.eval_split, "q_a", False)
@@ -147,13 +163,15 @@ def main(argv=None):
         "records": records_path, "train_questions": num_train,
         "eval_split": args.eval_split, "eval_questions": num_eval,
         "epochs": args.epochs, "steps_per_epoch": steps,
-        "train_seconds": round(seconds, 1),
+        "resumed_after_epoch": resume.initial_epoch,
+        "train_seconds": round(seconds, 1),  # of this attempt
         "accuracy": scores,
         "chance": {"q_a": chance, "qa_r": chance, "q_ar": chance ** 2},
-        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+        "history": history,
     }
     write_json_atomically(os.path.join(args.out, "metrics.json"), summary)
     run.finish()
+    resume.finished()
     print(f"\n{'metric':<8} {'model':>8} {'chance':>8}   ({num_eval} "
           f"{args.eval_split} questions)")
     for k in ("q_a", "qa_r", "q_ar"):

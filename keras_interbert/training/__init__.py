@@ -11,3 +11,8 @@ from keras_interbert.training.run_outputs import save_model_atomically
 from keras_interbert.training.run_outputs import AtomicModelCheckpoint
 from keras_interbert.training.run_outputs import HistoryCSVLogger
 from keras_interbert.training.run_outputs import read_history_csv
+from keras_interbert.training.resumable_fit import CrashAfterSteps
+from keras_interbert.training.resumable_fit import ResumableFit
+from keras_interbert.training.resumable_tensorboard import (
+    ResumableTensorBoard,
+)
