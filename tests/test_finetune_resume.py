@@ -3,16 +3,18 @@ recipe is ended abruptly half-way (`--crash-after-steps`, an `os._exit` as a
 kill), started again with the same command, and must end with the outputs
 of a run that was never interrupted: the same weights and per-epoch
 history, every epoch once in history.csv and metrics.json, TensorBoard
-steps each once. Also the TensorBoard callback on its own, and the folder
-guard's answers to a changed argument and to a finished run.
+steps each once. Also the TensorBoard callback on its own, unseeded
+dropout under PyTorch, and the folder guard's answers to a changed argument
+and to a finished run.
 
-The recipes run in processes of this session's backend (a kill must end a
-process). The tolerances: an attempt loads the backed-up float32 weights,
-optimizer variables and random states exactly (HDF5, bit for bit) and then
-runs the same computation on the same batches, so the results agree to
-float32 rounding; they are not compared bit for bit because the two
-processes compile their own kernels, and multi-threaded CPU reductions need
-not add in the same order twice.
+The recipes run in their own processes (a kill must end a process), under
+this session's backend; in `make test`, whose three sessions run a `once`
+check in one of them only, under TensorFlow. The tolerances: an attempt
+loads the backed-up float32 weights, optimizer variables and random states
+exactly (HDF5, bit for bit) and then runs the same computation on the same
+batches, so the results agree to float32 rounding; they are not compared
+bit for bit because the two processes compile their own kernels, and
+multi-threaded CPU reductions need not add in the same order twice.
 """
 import json
 import os
@@ -23,6 +25,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import BACKEND
+from conftest import ONCE_BACKEND
 from conftest import REPO_ROOT
 
 from keras_interbert.training import read_history_csv
@@ -32,14 +35,17 @@ from keras_interbert.training.resumable_tensorboard import read_scalars
 sys.path.insert(0, os.path.join(REPO_ROOT, "recipes"))
 
 RTOL, ATOL = 1e-4, 1e-5
+# A single session checks the recipes under its own backend; `make test`
+# (INTERBERT_ONCE_BACKEND set) once, under TensorFlow.
+RECIPE_BACKEND = BACKEND if ONCE_BACKEND is None else "tensorflow"
 
 
 # ------------------------------------------------ TensorBoard on its own
 
-def tiny_model():
+def tiny_model(dropout_seed=5):
     keras.utils.set_random_seed(3)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
-                              keras.layers.Dropout(0.5, seed=5),
+                              keras.layers.Dropout(0.5, seed=dropout_seed),
                               keras.layers.Dense(1)])
     model.compile(keras.optimizers.Adam(0.01), "mse")
     return model
@@ -67,22 +73,36 @@ class KilledAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt("killed")
 
 
-def fit_with_tensorboard(out, kill_after=None):
+def fit_with_tensorboard(out, kill_after=None, dropout_seed=5,
+                         steps_per_epoch=False):
     from keras_interbert.training import ExactBackupAndRestore
     from keras_interbert.training import ResumableTensorBoard
 
-    model = tiny_model()
+    model = tiny_model(dropout_seed)
     tensorboard = ResumableTensorBoard(os.path.join(out, "tensorboard"),
                                        update_freq=1)
     callbacks = [tensorboard, ExactBackupAndRestore(
         os.path.join(out, "backup"), delete_checkpoint=False,
-        history_path=os.path.join(out, "history.csv"))]
+        history_path=os.path.join(out, "history.csv"),
+        iterator_per_epoch=not steps_per_epoch)]
     if kill_after:
         callbacks.append(KilledAfter(kill_after, tensorboard))
     # 4 steps an epoch, validated at each epoch's end.
-    model.fit(DATA, TARGET, batch_size=4, epochs=3, shuffle=False,
-              validation_data=(DATA[:8], TARGET[:8]), callbacks=callbacks,
-              verbose=0)
+    if steps_per_epoch:  # the recipes' way: one iterator for the whole fit
+        import tensorflow as tf
+
+        from keras_interbert.training import completed_epochs
+
+        done = completed_epochs(os.path.join(out, "backup"))
+        data = tf.data.Dataset.from_tensor_slices((DATA, TARGET)).batch(
+            4).repeat().skip(4 * done)
+        model.fit(data, epochs=3, steps_per_epoch=4,
+                  validation_data=(DATA[:8], TARGET[:8]),
+                  callbacks=callbacks, verbose=0)
+    else:
+        model.fit(DATA, TARGET, batch_size=4, epochs=3, shuffle=False,
+                  validation_data=(DATA[:8], TARGET[:8]),
+                  callbacks=callbacks, verbose=0)
     return model
 
 
@@ -130,6 +150,35 @@ def test_tensorboard_logs_of_a_resumed_run_continue_without_repeats(
         2 if kill_after > 4 else 1)
     assert not [n for root, _, names in os.walk(out) for n in names
                 if ".partial" in n]
+
+
+@pytest.mark.parametrize("steps_per_epoch", [True, False])
+def test_unseeded_dropout_draws_the_masks_of_an_uninterrupted_run(
+        tmp_path, steps_per_epoch):
+    """A `Dropout` without a seed, as InterBERT's: under PyTorch Keras draws
+    its masks from torch's global generator, not from a `SeedGenerator`
+    state among the weights; the backup saves that generator's state and
+    restores it where the uninterrupted run had it: after the resumed
+    attempt's data iterator is made (which draws from it) when one iterator
+    serves the whole `fit` (`steps_per_epoch`, the recipes), before it when
+    each epoch makes its own."""
+    straight = fit_with_tensorboard(str(tmp_path / "straight"),
+                                    dropout_seed=None,
+                                    steps_per_epoch=steps_per_epoch)
+    out = str(tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        fit_with_tensorboard(out, kill_after=6, dropout_seed=None,
+                             steps_per_epoch=steps_per_epoch)
+    resumed = fit_with_tensorboard(out, dropout_seed=None,
+                                   steps_per_epoch=steps_per_epoch)
+    for a, b in zip(straight.weights, resumed.weights):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a),
+                                   keras.ops.convert_to_numpy(b), rtol=RTOL,
+                                   atol=ATOL, err_msg=a.path)
+    np.testing.assert_allclose(
+        read_history_csv(os.path.join(out, "history.csv"))["loss"],
+        read_history_csv(os.path.join(str(tmp_path / "straight"),
+                                      "history.csv"))["loss"], rtol=RTOL)
 
 
 # ------------------------------------------------------ the recipes
@@ -182,7 +231,8 @@ def recipe_argv(recipe, s):
 
 
 def run_recipe(recipe, out, argv, *extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=BACKEND)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               KERAS_BACKEND=RECIPE_BACKEND)
     command = [sys.executable, os.path.join(REPO_ROOT, "recipes",
                                             f"{recipe}.py"),
                "--out", out, "--verbose", "0", *argv, *extra]
@@ -201,6 +251,7 @@ def metrics_of(out):
         return json.load(f)
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("recipe", ["finetune_retrieval", "finetune_text",
                                     "finetune_vcr"])
 def test_a_killed_finetuning_run_resumes_to_the_uninterrupted_result(

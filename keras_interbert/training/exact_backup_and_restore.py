@@ -21,6 +21,38 @@ _LEGACY_WEIGHTS = "latest.weights.h5"
 _LEGACY_SEEDS = "seed_states.npz"
 
 
+_TORCH_KEY = "torch_rng"
+
+
+def _torch_rng_states():
+    """Torch's global random states (CPU, then each CUDA device), under the
+    PyTorch backend: `{"torch_rng": ..., "torch_rng_cuda0": ...}`."""
+    if keras.backend.backend() != "torch":
+        return {}
+    import torch
+
+    states = {_TORCH_KEY: torch.get_rng_state().numpy()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"{_TORCH_KEY}_cuda{i}"] = state.numpy()
+    return states
+
+
+def _set_torch_rng_states(states):
+    if not states or keras.backend.backend() != "torch":
+        return
+    import torch
+
+    if _TORCH_KEY in states:
+        torch.set_rng_state(torch.from_numpy(states[_TORCH_KEY]))
+    if torch.cuda.is_available():
+        cuda = [states.get(f"{_TORCH_KEY}_cuda{i}")
+                for i in range(torch.cuda.device_count())]
+        if all(state is not None for state in cuda):
+            torch.cuda.set_rng_state_all(
+                [torch.from_numpy(state) for state in cuda])
+
+
 class BackupDamagedError(ValueError):
     """A backup folder that cannot be resumed from."""
 
@@ -33,6 +65,14 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
     - The states of the models' `SeedGenerator`s (dropout) are saved and
       restored too, so a resumed run continues exactly as if it had never
       stopped (Keras would draw the first attempt's dropout masks again).
+      Under PyTorch, Keras draws the masks of an unseeded `Dropout` layer
+      from torch's global generator instead (its fast path), so that
+      generator's state (and CUDA's) is saved and restored as well. Creating
+      a torch data iterator draws from that generator, so the restore comes
+      where the uninterrupted run's state was the saved one: after the
+      resumed attempt's iterator is made (its first batch) when `fit` gets
+      `steps_per_epoch` (Keras then keeps one iterator for the whole `fit`),
+      before it (the epoch's beginning) with `iterator_per_epoch=True`.
     - A backup is crash-safe. Each save writes a new set of files
       (`state-NNNNNN.weights.h5`, `state-NNNNNN.seeds.npz`) through
       temporary files, then replaces `training_metadata.json`, which names
@@ -55,16 +95,21 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
             their run is recorded as finished, so that a kill in between
             resumes from the last state rather than from scratch.
         history_path: optional CSV file of the per-epoch logs.
+        iterator_per_epoch: `True` when `fit` runs without
+            `steps_per_epoch`, so that Keras makes a new data iterator every
+            epoch (matters only under PyTorch, for unseeded dropout).
     """
 
     def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True,
-                 history_path=None):
+                 history_path=None, iterator_per_epoch=False):
         super().__init__(backup_dir, save_freq=save_freq,
                          double_checkpoint=False,
                          delete_checkpoint=delete_checkpoint)
         self.history_path = history_path
         self._history = []
         self._save_index = 0
+        self._pending_torch_rng = None
+        self.iterator_per_epoch = iterator_per_epoch
 
     # -- paths --------------------------------------------------------------
 
@@ -141,6 +186,10 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         except Exception as e:
             raise self._damaged(f"{path}: cannot be read "
                                 f"({type(e).__name__}: {e}).") from e
+        self._pending_torch_rng = {k: v for k, v in arrays.items()
+                                   if k.startswith(_TORCH_KEY)}
+        arrays = {k: v for k, v in arrays.items()
+                  if not k.startswith(_TORCH_KEY)}
         variables = self._seed_states()
         if len(arrays) != len(variables):
             raise self._damaged(
@@ -148,6 +197,20 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
                 f"{len(variables)}; the backup is from a different model.")
         for i, variable in enumerate(variables):
             variable.assign(arrays[f"s{i}"])
+
+    def _restore_torch_rng(self):
+        if self._pending_torch_rng:
+            _set_torch_rng_states(self._pending_torch_rng)
+        self._pending_torch_rng = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.iterator_per_epoch:
+            self._restore_torch_rng()
+        super().on_epoch_begin(epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._restore_torch_rng()
+        super().on_train_batch_begin(batch, logs)
 
     # -- saving -------------------------------------------------------------
 
@@ -165,6 +228,7 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
                                 os.path.join(self.backup_dir, weights))
         states = {f"s{i}": keras.ops.convert_to_numpy(v)
                   for i, v in enumerate(self._seed_states())}
+        states.update(_torch_rng_states())
         with atomic_path(os.path.join(self.backup_dir, seeds)) as temporary:
             np.savez(temporary, **states)
         # The commit point: from here on the new state is the backup.
