@@ -110,6 +110,7 @@ def main(argv=None):
 
     keras.utils.set_random_seed(args.seed)
     from keras_interbert import InterBERTRetriever
+    from keras_interbert.data.feature_source import feature_source_of
     from keras_interbert.data.retrieval_pipeline import RegionTable
     from keras_interbert.data.retrieval_pipeline import RetrievalDataConfig
     from keras_interbert.data.retrieval_pipeline import load_split_captions
@@ -138,9 +139,12 @@ def main(argv=None):
     check_vocabulary(retriever.backbone, tokenizer, args.init)
     # The finetuned file carries the text and region settings it was
     # trained with: `python -m keras_interbert.export` reads them there.
+    # With what made the region features, which the exporter checks
+    # against --image-extractor.
     retriever.set_preprocessor(InterBERTRetrieverPreprocessor(
         tokenizer, sequence_length=args.sequence_length,
-        max_regions=args.max_regions))
+        max_regions=args.max_regions,
+        region_feature_source=feature_source_of(args.data)))
     table = RegionTable.from_files(regions, split="train",
                                    max_regions=args.max_regions)
     if table.feature_dim != retriever.backbone.image_feature_dim:

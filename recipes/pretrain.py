@@ -236,7 +236,9 @@ def main(argv=None):
     from keras_interbert.optimizers import pretraining_optimizer
     from keras_interbert.preprocessing import InterBERTTokenizer
     from keras_interbert.training import AtomicModelCheckpoint
+    from keras_interbert.training import CrashAfterSteps
     from keras_interbert.training import ExactBackupAndRestore
+    from keras_interbert.training import ResumableTensorBoard
     from keras_interbert.training import completed_epochs
     from keras_interbert.training import make_strategy
     from keras_interbert.training import plot_history
@@ -330,21 +332,24 @@ def main(argv=None):
     first_x, _ = next(iter(train.take(1)))
     model({k: keras.ops.convert_to_tensor(v.numpy()) for k, v in first_x.items()})
 
-    # The checkpoint comes before the backup, which records the epoch as
-    # done and rewrites history.csv from the backed-up logs.
+    # The checkpoint and the TensorBoard logs come before the backup, which
+    # records the epoch as done and rewrites history.csv from the backed-up
+    # logs: an epoch counts as done only once its checkpoint exists and its
+    # summaries are on disk. The logs continue at the resumed step, each
+    # step once (docs/reliability.md). TensorBoard's writer comes with
+    # TensorFlow, a dependency on every backend.
     callbacks = [
         AtomicModelCheckpoint(
             os.path.join(args.out, "checkpoints", "epoch-{epoch:03d}.keras")),
+        ResumableTensorBoard(os.path.join(args.out, "tensorboard"),
+                             update_freq=10),
         ExactBackupAndRestore(backup, save_freq="epoch",
                               delete_checkpoint=False,
                               history_path=os.path.join(args.out,
                                                         "history.csv")),
     ]
-    # TensorBoard's writer comes with TensorFlow, a dependency on every backend.
-    callbacks.append(keras.callbacks.TensorBoard(
-        os.path.join(args.out, "tensorboard"), update_freq=10))
     if args.crash_after_steps:
-        callbacks.append(_crash_after(args.crash_after_steps))
+        callbacks.append(CrashAfterSteps(args.crash_after_steps))
     os.makedirs(os.path.join(args.out, "checkpoints"), exist_ok=True)
     start = time.time()
     model.fit(train, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
@@ -378,23 +383,6 @@ def main(argv=None):
     shutil.rmtree(backup, ignore_errors=True)
     print(json.dumps(summary["final"], indent=2))
     return summary
-
-
-def _crash_after(steps):
-    import keras
-
-    class CrashAfter(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seen = 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.seen += 1
-            if self.seen >= steps:
-                sys.stdout.flush()
-                os._exit(3)
-
-    return CrashAfter()
 
 
 if __name__ == "__main__":

@@ -56,6 +56,15 @@ def test_retrieval_recipe(setup):
         "num_captions"]
     assert os.path.exists(os.path.join(out, "evaluation",
                                        "retrieval_recall.png"))
+    # The finetuned file records what made its training features (the
+    # bundled data set, as its metadata.json names it), which the exporter
+    # checks --image-extractor against.
+    with open(os.path.join(data, "metadata.json")) as f:
+        written = json.load(f)
+    source = load_interbert(metrics["model"]).preprocessor.region_feature_source
+    assert source["kind"] == "synthetic"
+    assert (source["name"], source["seed"], source["feature_dim"]) == (
+        written["name"], 2, 32)
 
 
 def test_vcr_recipe(setup):

@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from keras_interbert.data.synthetic import write_dataset
+from keras_interbert.training.resumable_tensorboard import read_scalars
 
 RECIPE = os.path.join(REPO_ROOT, "recipes", "pretrain.py")
 
@@ -70,3 +71,16 @@ def test_killed_run_resumes_without_repeating_or_losing_steps(tmp_path):
     for name in ("metrics.json", "training_curves.png"):
         assert os.path.getsize(os.path.join(resumed, name)) > 0
     assert os.listdir(os.path.join(resumed, "checkpoints"))
+    # The TensorBoard logs continue at the resumed step: every step once,
+    # the same steps and values as the uninterrupted run's.
+    logged = read_scalars(os.path.join(resumed, "tensorboard"))
+    reference = read_scalars(os.path.join(straight, "tensorboard"))
+    assert sorted(logged) == sorted(reference) and logged
+    for key, points in logged.items():
+        steps = [step for step, _ in points]
+        assert len(steps) == len(set(steps)), (key, steps)
+        assert sorted(steps) == sorted(s for s, _ in reference[key]), key
+        np.testing.assert_allclose(
+            [v for _, v in sorted(points)],
+            [v for _, v in sorted(reference[key])], rtol=1e-4, atol=1e-5,
+            err_msg=str(key))
