@@ -307,6 +307,41 @@ def test_npz_round_trip(tmp_path, style):
     assert_matches(tmp_path / "out", images, with_probs=True)
 
 
+def test_converted_features_say_what_made_them(tmp_path, monkeypatch):
+    from keras_interbert.data import feature_source_of
+    from keras_interbert.export.image_serving import check_feature_source
+
+    src = tmp_path / "npz"
+    src.mkdir()
+    for img in make_images(2, seed=12):
+        write_npz(src / f"{img['image_id']}.npz", img, "butd")
+    out = tmp_path / "data" / "regions"
+    convert.convert_npz([str(src)], str(out), split="val", progress=False)
+    with open(out / "manifest.json") as f:
+        recorded = json.load(f)["splits"]["val"]["source"]
+    names = ["COCO_0000.npz", "COCO_0001.npz"]
+    assert recorded == {"kind": "converted", "format": "npz",
+                        "num_inputs": 2, "example_inputs": names}
+    source = feature_source_of(str(tmp_path / "data"))
+    assert source == {"kind": "converted", "format": "npz", "num_inputs": 2,
+                      "example_inputs": names, "feature_dim": D}
+
+    # No extractor of this project makes detector features: the exporter's
+    # check refuses one, naming the converted files.
+    class Extractor:  # what the check reads of an extractor
+        feature_dim, image_size = D, 224
+
+    # (A stand-in extractor: the check reads its width, size and
+    # fingerprint; building a real one is tests/test_feature_source.py's.)
+    monkeypatch.setattr(
+        "keras_interbert.vision.region_feature_extractor.feature_fingerprint",
+        lambda extractor: "sha256:" + "cd" * 32)
+    with pytest.raises(ValueError, match=f"{D}-d detector features "
+                       "converted from npz files \\(2 files: "
+                       "COCO_0000.npz, COCO_0001.npz\\); no image extractor"):
+        check_feature_source(Extractor(), source, name="x.keras")
+
+
 def test_npz_bad_files(tmp_path):
     img = make_images(1, seed=11)[0]
     src = tmp_path / "npz"

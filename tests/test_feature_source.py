@@ -113,7 +113,9 @@ def test_feature_source_of_each_kind_of_folder(synthetic, tmp_path):
     assert feature_source_of(os.path.join(synthetic, "regions")) == (
         feature_source_of(synthetic))
 
-    # Converted features: a region folder that says nothing of its origin.
+    # A region folder that says nothing of its origin (converted before the
+    # converters recorded their input format; tests/test_data_convert.py
+    # covers a folder that does).
     converted = tmp_path / "converted"
     shutil.copytree(os.path.join(synthetic, "regions"), converted / "regions")
     assert feature_source_of(str(converted)) is None

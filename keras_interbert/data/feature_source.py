@@ -21,8 +21,14 @@ The record is a dict of JSON values:
 - `{"kind": "synthetic", ...}` for the bundled synthetic data set
   (`keras_interbert.data.synthetic`): its `name`, `seed`,
   `projection_seed` and `feature_dim`. No image extractor makes these.
-- `None` when the folder does not say (features converted from BUTD, UNITER
-  or ViLBERT files): nothing is known, and the exporter warns.
+- `{"kind": "converted", ...}` for features converted from a detector's
+  files (BUTD/LXMERT TSV, npz, UNITER npz, ViLBERT `.npy` or LMDB) by
+  `python -m keras_interbert.data.convert`, which records the input
+  `format`, the number of input files and the first three names in the
+  manifest (`splits.<split>.source`): `format`, `num_inputs` (over the
+  splits), `example_inputs` (at most three names) and `feature_dim`. No image extractor of this project makes these.
+- `None` when the folder does not say (a folder converted before the
+  converters recorded it): nothing is known, and the exporter warns.
 """
 import json
 import os
@@ -96,6 +102,21 @@ def feature_source_of(data_dir):
             "roi_align": made.get("roi_align"),
             "boxes": made.get("boxes"),
         }
+    converted = [split.get("source") for split in
+                 (manifest.get("splits") or {}).values()
+                 if isinstance(split, dict)
+                 and isinstance(split.get("source"), dict)
+                 and split["source"].get("kind") == "converted"]
+    if converted:
+        formats = sorted({str(c.get("format")) for c in converted})
+        examples = []
+        for c in converted:
+            examples.extend(i for i in c.get("example_inputs") or []
+                            if i not in examples)
+        return {"kind": "converted", "format": "+".join(formats),
+                "num_inputs": sum(int(c.get("num_inputs") or 0)
+                                  for c in converted),
+                "example_inputs": examples[:3], "feature_dim": feature_dim}
     metadata = os.path.join(data_dir, SYNTHETIC_METADATA)
     if os.path.exists(metadata):
         made = _read_json(metadata)
@@ -118,6 +139,14 @@ def describe_feature_source(source):
         return (f"the synthetic data set's {dim}-d features "
                 f"({source.get('name')}, seed {source.get('seed')}); no "
                 "image extractor makes these")
+    if kind == "converted":
+        count = source.get("num_inputs")
+        examples = ", ".join(source.get("example_inputs") or [])
+        return (f"{dim}-d detector features converted from "
+                f"{source.get('format')} files ({count} files"
+                f"{': ' + examples if examples else ''}"
+                f"{', ...' if examples and count and count > 3 else ''}); "
+                "no image extractor of this project makes these")
     if kind == "extracted":
         named = source.get("extractor") or {}
         if isinstance(named, dict):

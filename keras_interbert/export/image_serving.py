@@ -140,7 +140,8 @@ def check_feature_source(extractor, source, name=None, allow_other=False):
     `feature_fingerprint` is the recorded one (for a record without a
     fingerprint: when the image size, feature width, stride and RoIAlign
     settings agree, with a warning that the weights were not compared).
-    Features no extractor made (the synthetic data set) match none.
+    Features no extractor of this project made (the synthetic data set,
+    detector features converted from files) match none.
 
     With nothing recorded (`source` None) one warning line goes to stderr
     and the export proceeds. A mismatch raises `ValueError` naming both the
@@ -186,7 +187,7 @@ def check_feature_source(extractor, source, name=None, allow_other=False):
                  f"{given} has its settings, but its weights cannot be "
                  "compared; exporting anyway.")
             return
-    elif kind != "synthetic":
+    elif kind not in ("synthetic", "converted"):
         warn(f"the model records region features of unknown kind {kind!r}; "
              f"cannot check the {given}; exporting anyway.")
         return

@@ -205,7 +205,11 @@ def _run(records, output_dir, split, examples_per_shard, feature_dim,
                 feature_dim=feature_dim, num_classes=num_classes,
                 policy=policy, report=report, overwrite=overwrite,
                 box_tolerance=box_tolerance,
-                num_object_classes=num_object_classes)
+                num_object_classes=num_object_classes,
+                source={"kind": "converted", "format": source_format,
+                        "num_inputs": len(inputs),
+                        "example_inputs": [os.path.basename(os.fspath(p))
+                                           for p in inputs[:3]]})
         for source, item in records:
             if isinstance(item, RegionDataError):
                 handler.handle(item)

@@ -66,6 +66,10 @@ class RegionFeatureWriter:
             ids. `None` takes it from the manifest's other splits, else
             leaves it unstated. Either all images of a split have
             `object_ids` (and `object_confs`) or none.
+        source: optional dict of JSON values saying what made the features
+            (the converters give `{"kind": "converted", "format": ...,
+            "inputs": [...]}`), kept in the manifest's entry for the split;
+            `keras_interbert.data.feature_source_of` reads it.
 
     Examples:
 
@@ -91,7 +95,13 @@ class RegionFeatureWriter:
         overwrite=False,
         box_tolerance=0.0,
         num_object_classes=None,
+        source=None,
     ):
+        if source is not None and not isinstance(source, dict):
+            raise ValueError(
+                "source must be a dict of JSON values saying what made the "
+                f"features (or None); received {type(source).__name__}.")
+        self.source = source
         if not split or not isinstance(split, str) or os.sep in split:
             raise ValueError(
                 f"split must be a non-empty name without '{os.sep}'; "
@@ -336,6 +346,10 @@ class RegionFeatureWriter:
             "object_ids": bool(self._expect_ids),
             "object_confs": bool(self._expect_confs),
         }
+        if self.source is not None:
+            # What made these features (a converter's input format):
+            # `keras_interbert.data.feature_source_of` reads it.
+            manifest["splits"][self.split]["source"] = self.source
         _write_json_atomic(
             os.path.join(self.directory, MANIFEST_NAME), manifest
         )
