@@ -8,7 +8,11 @@ batches (on the accelerator when Keras sees one) and writes, under `--out`:
   regions/                 canonical shards and manifest.json (docs/data.md)
   regions/extraction.json  how the features were made (backbone, boxes,
                            where class_probs come from, the extractor's
-                           fingerprint)
+                           fingerprint, the extractor file to serve with)
+  regions/extractor.keras  the extractor, when it was built here (from a
+                           classifier or a backbone; not with --extractor):
+                           what `python -m keras_interbert.export
+                           --image-extractor` takes to serve the same features
   captions_en.jsonl        the captions of the images that were written
   extraction_report.json   images that could not be decoded or were missing
 
@@ -310,8 +314,17 @@ def main(argv=None):
                 if s == split]
         written[split] = assemble(out_regions, partial, split, dirs, k)
     from keras_interbert.data.region_features import read_manifest
+    from keras_interbert.utils.atomic import save_model_atomically
     from keras_interbert.utils.atomic import write_json_atomically
     from keras_interbert.vision import feature_fingerprint
+
+    # The extractor that made the features, for the exporter's
+    # --image-extractor: the file given, or this run's, saved next to them.
+    if args.extractor:
+        extractor_file = os.path.abspath(args.extractor)
+    else:
+        extractor_file = save_model_atomically(
+            extractor, os.path.join(out_regions, "extractor.keras"))
 
     manifest = read_manifest(out_regions)
     if detector is not None:
@@ -329,6 +342,7 @@ def main(argv=None):
         # What decides the features (weights and settings): the exporter
         # compares it with the extractor a model is served with.
         "fingerprint": feature_fingerprint(extractor),
+        "extractor_file": extractor_file,
         "image_size": extractor.image_size,
         "feature_dim": extractor.feature_dim,
         "feature_stride": extractor.feature_stride,

@@ -209,6 +209,36 @@ def test_extraction_records_the_extractors_fingerprint(tmp_path):
     check_feature_source(reloaded, source, name="extractor.keras")
     with pytest.raises(ValueError, match="does not give the features"):
         check_feature_source(_extractor(5), source, name="other")
+    # The record names the file to serve with: the one given.
+    with open(out / "regions" / "extraction.json") as f:
+        assert json.load(f)["extractor_file"] == os.path.abspath(
+            tmp_path / "extractor.keras")
+    assert not os.path.exists(out / "regions" / "extractor.keras")
+
+    # An extractor built by the recipe (here from a saved image classifier)
+    # is saved next to the features, and that file passes the check.
+    import keras_hub
+
+    classifier = keras_hub.models.ResNetImageClassifier(
+        backbone=resnet_backbone(block_type="basic_block",
+                                 stackwise_num_filters=[64, 16],
+                                 stackwise_num_blocks=[1, 1],
+                                 stackwise_num_strides=[1, 2]),
+        num_classes=3)
+    classifier.save(str(tmp_path / "classifier.keras"))
+    built = tmp_path / "built"
+    assert _extraction_recipe().main([
+        "--images", str(images), "--captions", str(tmp_path / "captions.jsonl"),
+        "--out", str(built), "--classifier", str(tmp_path / "classifier.keras"),
+        "--image-size", "64", "--grid", "1", "--examples-per-shard", "4",
+        "--batch-size", "2", "--no-progress"]) == 0
+    saved = built / "regions" / "extractor.keras"
+    with open(built / "regions" / "extraction.json") as f:
+        assert json.load(f)["extractor_file"] == str(saved)
+    served = keras.saving.load_model(str(saved), compile=False)
+    built_source = feature_source_of(str(built))
+    assert built_source["fingerprint"] == feature_fingerprint(served)
+    check_feature_source(served, built_source, name="extractor.keras")
 
 
 # === The exporter's check ===
