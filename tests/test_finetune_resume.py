@@ -212,13 +212,17 @@ def setup(tmp_path_factory):
 # kill falls in the middle of the run, after the first backup; a learning
 # rate that changes during the run (warmup, and a decay after epoch 1 for
 # retrieval), so that a resume at the wrong schedule position would show.
+# Retrieval also keeps a moving average of the weights (--ema-momentum; the
+# saved model holds the averaged weights), so a resume that lost the
+# average would show too.
 def recipe_argv(recipe, s):
     if recipe == "finetune_retrieval":
         return ["--init", s["pretrained"], "--data", s["data"], "--epochs",
                 "3", "--steps-per-epoch", "2", "--batch-size", "4",
                 "--max-regions", "4", "--sequence-length", "12",
                 "--decay-epochs", "1", "--warmup-fraction", "0.3",
-                "--learning-rate", "1e-3", "--no-eval"]
+                "--learning-rate", "1e-3", "--ema-momentum", "0.5",
+                "--no-eval"]
     if recipe == "finetune_text":
         return ["--init", s["pretrained"], "--task-dir", s["text"],
                 "--epochs", "3", "--batch-size", "32", "--sequence-length",
