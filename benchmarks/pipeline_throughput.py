@@ -21,7 +21,6 @@ alternate the pipelines, so a load change on a shared machine hits them all.
 import argparse
 import gc
 import importlib.util
-import json
 import os
 import resource
 import statistics
@@ -199,11 +198,12 @@ def main(argv=None):
         shapes = {k: tuple(v.shape) for k, v in {**x, **y}.items()}
         print("batch shapes:", shapes)
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"pairs_per_second": main_rate,
-                           "rounds": rates, "cpu_ms_per_pair": cpu,
-                           "batch_size": args.batch_size,
-                           "load_average": load, "shapes": shapes}, f, indent=2)
+            from keras_interbert.utils.atomic import write_json_atomically
+
+            write_json_atomically(args.json, {
+                "pairs_per_second": main_rate, "rounds": rates,
+                "cpu_ms_per_pair": cpu, "batch_size": args.batch_size,
+                "load_average": load, "shapes": shapes})
     return main_rate
 
 

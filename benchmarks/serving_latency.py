@@ -127,8 +127,9 @@ def main():
               f"{k['p50_ms']:.1f} / {k['p99_ms']:.1f} ms | "
               f"{s['pairs_per_s']:.1f} | {k['pairs_per_s']:.1f} |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        from keras_interbert.utils.atomic import write_json_atomically
+
+        write_json_atomically(args.json, rows)
 
 
 if __name__ == "__main__":
