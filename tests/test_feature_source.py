@@ -34,14 +34,16 @@ def _pretrain_recipe():
     return pretrain
 
 
+def _tiny_resnet(filters=24):
+    return resnet_backbone(block_type="basic_block",
+                           stackwise_num_filters=[64, filters],
+                           stackwise_num_blocks=[1, 1],
+                           stackwise_num_strides=[1, 2])
+
+
 def _extractor(seed, filters=24):
     keras.utils.set_random_seed(seed)
-    return RegionFeatureExtractor(
-        resnet_backbone(block_type="basic_block",
-                        stackwise_num_filters=[64, filters],
-                        stackwise_num_blocks=[1, 1],
-                        stackwise_num_strides=[1, 2]),
-        image_size=64)
+    return RegionFeatureExtractor(_tiny_resnet(filters), image_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -220,11 +222,7 @@ def test_extraction_records_the_extractors_fingerprint(tmp_path):
     import keras_hub
 
     classifier = keras_hub.models.ResNetImageClassifier(
-        backbone=resnet_backbone(block_type="basic_block",
-                                 stackwise_num_filters=[64, 16],
-                                 stackwise_num_blocks=[1, 1],
-                                 stackwise_num_strides=[1, 2]),
-        num_classes=3)
+        backbone=_tiny_resnet(16), num_classes=3)
     classifier.save(str(tmp_path / "classifier.keras"))
     built = tmp_path / "built"
     assert _extraction_recipe().main([
