@@ -22,7 +22,6 @@ The backend comes from KERAS_BACKEND; the strategy from `--strategy`.
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -236,10 +235,7 @@ def main(argv=None):
     from keras_interbert.optimizers import pretraining_optimizer
     from keras_interbert.preprocessing import InterBERTTokenizer
     from keras_interbert.training import AtomicModelCheckpoint
-    from keras_interbert.training import CrashAfterSteps
-    from keras_interbert.training import ExactBackupAndRestore
-    from keras_interbert.training import ResumableTensorBoard
-    from keras_interbert.training import completed_epochs
+    from keras_interbert.training import ResumableFit
     from keras_interbert.training import make_strategy
     from keras_interbert.training import plot_history
     from keras_interbert.training import read_history_csv
@@ -322,34 +318,19 @@ def main(argv=None):
     val = pretraining_dataset(regions, captions, tokenizer,
                               data_config(shuffle_buffer=0, seed=args.seed + 1,
                                           repeat=True), split="val")
-    backup = os.path.join(args.out, "backup")
-    done = completed_epochs(backup)
-    if done:
-        print(f"Resuming after epoch {done} (step {done * args.steps_per_epoch}).")
     # The pipeline is deterministic: skipping what earlier attempts consumed
-    # gives exactly the batches that follow the backed-up state.
-    train = train.skip(done * args.steps_per_epoch)
-    first_x, _ = next(iter(train.take(1)))
-    model({k: keras.ops.convert_to_tensor(v.numpy()) for k, v in first_x.items()})
-
-    # The checkpoint and the TensorBoard logs come before the backup, which
-    # records the epoch as done and rewrites history.csv from the backed-up
-    # logs: an epoch counts as done only once its checkpoint exists and its
-    # summaries are on disk. The logs continue at the resumed step, each
-    # step once (docs/reliability.md). TensorBoard's writer comes with
-    # TensorFlow, a dependency on every backend.
-    callbacks = [
-        AtomicModelCheckpoint(
-            os.path.join(args.out, "checkpoints", "epoch-{epoch:03d}.keras")),
-        ResumableTensorBoard(os.path.join(args.out, "tensorboard"),
-                             update_freq=10),
-        ExactBackupAndRestore(backup, save_freq="epoch",
-                              delete_checkpoint=False,
-                              history_path=os.path.join(args.out,
-                                                        "history.csv")),
-    ]
-    if args.crash_after_steps:
-        callbacks.append(CrashAfterSteps(args.crash_after_steps))
+    # gives exactly the batches that follow the backed-up state
+    # (`ResumableFit`, shared with the finetuning recipes).
+    resume = ResumableFit(args.out, args.steps_per_epoch,
+                          crash_after_steps=args.crash_after_steps)
+    train = resume.skip(train)
+    resume.build(model, train)
+    # The checkpoint (and the TensorBoard logs) come before the backup,
+    # which records the epoch as done and rewrites history.csv from the
+    # backed-up logs: an epoch counts as done only once its checkpoint
+    # exists and its summaries are on disk (docs/reliability.md).
+    callbacks = resume.callbacks(before=[AtomicModelCheckpoint(
+        os.path.join(args.out, "checkpoints", "epoch-{epoch:03d}.keras"))])
     os.makedirs(os.path.join(args.out, "checkpoints"), exist_ok=True)
     start = time.time()
     model.fit(train, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
@@ -359,7 +340,7 @@ def main(argv=None):
     final = save_model_atomically(model, os.path.join(args.out,
                                                       "pretrained.keras"))
 
-    history = read_history_csv(os.path.join(args.out, "history.csv"))
+    history = read_history_csv(resume.history_path)
     plot_history(history, os.path.join(args.out, "training_curves.png"),
                  title=f"InterBERT pretraining ({keras.config.backend()})")
     summary = {
@@ -380,7 +361,7 @@ def main(argv=None):
     run.finish()
     # The backup outlives fit so that a kill before this point resumes from
     # the trained state; the finished run no longer needs it.
-    shutil.rmtree(backup, ignore_errors=True)
+    resume.finished()
     print(json.dumps(summary["final"], indent=2))
     return summary
 
