@@ -9,7 +9,9 @@ only words that tell a caption from another image's caps what any model can
 reach. This program scores the same held-out pairs (the pipeline's pairs
 and negatives: another image's caption for half of them) twice:
 
-- `masked`: the pipeline's inputs, as in training and `val_itm_accuracy`;
+- `masked`: the pipeline's inputs, as in training and `val_itm_accuracy`
+  (the masking rules of the model's preprocessor when the file holds one,
+  else the published ones);
 - `clean`: the same pairs with no text or region masking, as retrieval
   scores them;
 
@@ -179,10 +181,15 @@ def main(argv=None):
                          "--max-regions (the pretraining run's).")
     contrastive = getattr(model, "itc_head", None) is not None
     tokenizer = InterBERTTokenizer.from_preset(f"interbert_base_{args.language}")
+    # The masking rules the model was trained with, when its file says
+    # (the published ones otherwise).
+    rules = {name: getattr(preprocessor, name) for name in (
+        "msm", "msm_token_probability", "mrm", "mrm_probability",
+        "mrm_iou_threshold", "global_feature") if hasattr(preprocessor, name)}
     masked = PretrainingDataConfig(
         sequence_length=sequence_length, max_regions=max_regions,
         batch_size=args.batch_size, itc=contrastive, seed=args.seed,
-        shuffle_buffer=0, repeat=True)
+        shuffle_buffer=0, repeat=True, **rules)
     regions = os.path.join(args.data, "regions")
     captions = os.path.join(args.data, f"captions_{args.language}.jsonl")
     report = {"model": args.model, "data": args.data, "split": args.split,
