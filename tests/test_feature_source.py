@@ -192,12 +192,15 @@ def test_extraction_records_the_extractors_fingerprint(tmp_path):
                                 "caption": f"picture {i}"}) + "\n")
     extractor = _extractor(3)
     extractor.save(str(tmp_path / "extractor.keras"))
+    def extract(out, *flags):
+        assert _extraction_recipe().main([
+            "--images", str(images), "--captions",
+            str(tmp_path / "captions.jsonl"), "--out", str(out),
+            "--batch-size", "2", "--no-progress", *flags]) == 0
+
     out = tmp_path / "out"
-    assert _extraction_recipe().main([
-        "--images", str(images), "--captions", str(tmp_path / "captions.jsonl"),
-        "--out", str(out), "--extractor", str(tmp_path / "extractor.keras"),
-        "--grid", "1,2", "--examples-per-shard", "2", "--batch-size", "2",
-        "--no-progress"]) == 0
+    extract(out, "--extractor", str(tmp_path / "extractor.keras"),
+            "--grid", "1,2", "--examples-per-shard", "2")
     source = feature_source_of(str(out))
     assert source["kind"] == "extracted"
     assert source["fingerprint"] == feature_fingerprint(extractor)
@@ -225,11 +228,8 @@ def test_extraction_records_the_extractors_fingerprint(tmp_path):
         backbone=_tiny_resnet(16), num_classes=3)
     classifier.save(str(tmp_path / "classifier.keras"))
     built = tmp_path / "built"
-    assert _extraction_recipe().main([
-        "--images", str(images), "--captions", str(tmp_path / "captions.jsonl"),
-        "--out", str(built), "--classifier", str(tmp_path / "classifier.keras"),
-        "--image-size", "64", "--grid", "1", "--examples-per-shard", "4",
-        "--batch-size", "2", "--no-progress"]) == 0
+    extract(built, "--classifier", str(tmp_path / "classifier.keras"),
+            "--image-size", "64", "--grid", "1", "--examples-per-shard", "4")
     saved = built / "regions" / "extractor.keras"
     with open(built / "regions" / "extraction.json") as f:
         assert json.load(f)["extractor_file"] == str(saved)
