@@ -194,8 +194,21 @@ def build_model(args, feature_dim, num_classes):
 
         if args.single_layers is None:
             raise SystemExit("--bert needs --single-layers K.")
+        # The improved recipe's options, as on the preset path below.
+        backbone_options = {"pooling": args.pooling}
+        task_options = {}
+        if args.dropout is not None:
+            for name in ("dropout", "attention_dropout", "image_dropout",
+                         "image_attention_dropout"):
+                backbone_options[name] = args.dropout
+            task_options["itm_dropout"] = args.dropout
+        task_options.update(
+            contrastive=args.itc_weight > 0,
+            contrastive_dim=args.contrastive_dim or None,
+            itm_initializer=args.itm_initializer)
         return convert_bert(args.bert, args.single_layers, image_config={
-            "image_feature_dim": feature_dim, "num_region_classes": num_classes})
+            "image_feature_dim": feature_dim, "num_region_classes": num_classes},
+            backbone_options=backbone_options, task_options=task_options)
     preset = args.preset or f"interbert_tiny_{args.language}"
     config = preset_backbone_config(preset)
     config["image_feature_dim"] = feature_dim

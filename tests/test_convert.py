@@ -263,3 +263,89 @@ def test_bert_source_errors(tmp_path):
         convert_bert(str(tmp_path / "nothing_here"), 1)
     with pytest.raises(ValueError, match=r"Unknown image settings \['image_width'\]"):
         convert_bert(minilm_dir(), 3, image_config={"image_width": 3})
+
+
+def _text_path_weights(model):
+    bb = model.backbone
+    attention = bb.single_stream_layers[0]._self_attention_layer
+    return {
+        "word_embeddings": bb.token_embedding.embeddings,
+        "single_stream_0_query": attention._query_dense.kernel,
+        "text_stream_0_value":
+            bb.text_stream_layers[0]._self_attention_layer._value_dense.kernel,
+    }
+
+
+def _assert_recipe_options(model, text_path):
+    config = model.backbone.get_config()
+    assert config["pooling"] == model.backbone.pooling == "mean"
+    for name in ("dropout", "attention_dropout", "image_dropout",
+                 "image_attention_dropout"):
+        assert config[name] == 0.0, name
+    assert model.itm_dropout == 0.0
+    assert model.contrastive and model.itc_head is not None
+    assert model.itm_initializer == "zeros"
+    kernel = keras.ops.convert_to_numpy(model.itm_head.classifier.kernel)
+    assert kernel.shape[-1] == 2 and not kernel.any()
+    # The options change no BERT weight: the text path is the plain one's.
+    for name, reference in text_path.items():
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(_text_path_weights(model)[name]),
+            reference, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def plain_minilm_text_path():
+    plain = convert_bert(minilm_dir(), 2, image_config={"image_feature_dim": 16})
+    assert plain.backbone.pooling == "first"
+    assert plain.itc_head is None
+    return {name: keras.ops.convert_to_numpy(w)
+            for name, w in _text_path_weights(plain).items()}
+
+
+def test_bert_backbone_and_task_options(plain_minilm_text_path):
+    options = {"pooling": "mean", "dropout": 0.0, "attention_dropout": 0.0,
+               "image_dropout": 0.0, "image_attention_dropout": 0.0}
+    model = convert_bert(
+        minilm_dir(), 2, image_config={"image_feature_dim": 16},
+        backbone_options=options,
+        task_options={"contrastive": True, "contrastive_dim": 8,
+                      "itm_initializer": "zeros", "itm_dropout": 0.0})
+    _assert_recipe_options(model, plain_minilm_text_path)
+    assert model.contrastive_dim == 8
+    assert model.itc_head.text_projection.kernel.shape == (
+        model.backbone.pooled_dim, 8)
+
+
+def test_bert_option_errors():
+    with pytest.raises(ValueError, match="'hidden_dim' comes from the BERT"):
+        convert_bert(minilm_dir(), 2, backbone_options={"hidden_dim": 64})
+    with pytest.raises(ValueError, match="'num_heads' comes from the BERT"):
+        convert_bert(minilm_dir(), 2, backbone_options={"num_heads": 4})
+    with pytest.raises(ValueError, match=r"Unknown backbone_options \['poolng'\]"):
+        convert_bert(minilm_dir(), 2, backbone_options={"poolng": "mean"})
+    with pytest.raises(ValueError, match="'num_image_layers' in `image_config`"):
+        convert_bert(minilm_dir(), 2, backbone_options={"num_image_layers": 1})
+    with pytest.raises(ValueError, match=r"Unknown task_options \['temperature'\]"
+                       r".*'contrastive'"):
+        convert_bert(minilm_dir(), 2, task_options={"temperature": 0.1})
+
+
+def test_pretrain_recipe_bert_path_takes_recipe_options(
+        tmp_path, plain_minilm_text_path):
+    import sys
+
+    from conftest import REPO_ROOT
+
+    sys.path.insert(0, os.path.join(REPO_ROOT, "recipes"))
+    import pretrain
+
+    args = pretrain.parse_args([
+        "--bert", minilm_dir(), "--single-layers", "2", "--pooling", "mean",
+        "--dropout", "0", "--itc-weight", "1", "--itm-initializer", "zeros",
+        "--out", str(tmp_path / "run")])
+    model = pretrain.build_model(args, feature_dim=16, num_classes=None)
+    assert len(model.backbone.single_stream_layers) == 2
+    assert model.backbone.image_feature_dim == 16
+    assert model.contrastive_dim is None  # --contrastive-dim 0: no projection
+    _assert_recipe_options(model, plain_minilm_text_path)

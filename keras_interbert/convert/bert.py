@@ -4,7 +4,9 @@ Embeddings and the first `single_stream_layers` BERT layers go to the
 single-stream module, the remaining layers to the text stream, the masked-LM
 head (if the checkpoint has one) to the masked-segment head. The image
 embedding, the image stream, both poolers (BERT's tanh pooler is not reused),
-the region head and the matching head are newly initialised.
+the region head, the matching head and the optional contrastive head are
+newly initialised. Settings that are not weights (pooling, dropout rates, the
+new heads' options) can be chosen with `backbone_options` and `task_options`.
 
 Three sources are accepted: a Hugging Face BERT directory (`config.json` +
 `model.safetensors` or `pytorch_model.bin`), a Google TF BERT checkpoint
@@ -58,6 +60,54 @@ def _image_defaults(hidden_dim, num_heads, intermediate_dim, text_layers):
         "image_attention_dropout": 0.1,
         "num_region_classes": 1601,
     }
+
+
+# `backbone_options` a caller may set: settings that are not BERT weights.
+_BACKBONE_OPTIONS = ("pooling", "dropout", "attention_dropout", "image_dropout",
+                     "image_attention_dropout", "initializer_range")
+# Backbone settings fixed by the checkpoint (its shapes and its arithmetic).
+_FROM_CHECKPOINT = ("vocabulary_size", "num_layers", "num_single_stream_layers",
+                    "num_text_layers", "hidden_dim", "num_heads",
+                    "intermediate_dim", "max_sequence_length", "num_segments",
+                    "layer_norm_epsilon", "approximate_gelu")
+# `task_options` a caller may set: `InterBERTPretrainer` arguments for the
+# new heads (none of them is in a BERT checkpoint).
+_TASK_OPTIONS = ("contrastive", "contrastive_dim", "itm_initializer",
+                 "itm_dropout")
+
+
+def _check_options(backbone_options, task_options, image_settings):
+    backbone_options = dict(backbone_options or {})
+    task_options = dict(task_options or {})
+    for key in backbone_options:
+        if key in _FROM_CHECKPOINT:
+            raise ValueError(
+                f"backbone_options: '{key}' comes from the BERT checkpoint "
+                "and cannot be changed; settable: "
+                f"{list(_BACKBONE_OPTIONS)}."
+            )
+        if key == "dtype":
+            raise ValueError(
+                "backbone_options: pass 'dtype' as `convert_bert(dtype=...)`."
+            )
+        if key in image_settings and key not in _BACKBONE_OPTIONS:
+            raise ValueError(
+                f"backbone_options: pass the image setting '{key}' in "
+                "`image_config`."
+            )
+    unknown = sorted(set(backbone_options) - set(_BACKBONE_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"Unknown backbone_options {unknown}; expected some of "
+            f"{list(_BACKBONE_OPTIONS)}."
+        )
+    unknown = sorted(set(task_options) - set(_TASK_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"Unknown task_options {unknown}; expected some of "
+            f"{list(_TASK_OPTIONS)}."
+        )
+    return backbone_options, task_options
 
 
 _ACTIVATIONS = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True}
@@ -141,7 +191,8 @@ def _strip_prefix(state):
     return fixed
 
 
-def _build(bert_config, single_stream_layers, image_config, dtype):
+def _build(bert_config, single_stream_layers, image_config, dtype,
+           backbone_options=None, task_options=None):
     from keras_interbert.models import InterBERTBackbone
     from keras_interbert.models import InterBERTPretrainer
 
@@ -162,8 +213,16 @@ def _build(bert_config, single_stream_layers, image_config, dtype):
             f"Unknown image settings {sorted(unknown)}; expected some of "
             f"{sorted(image)}."
         )
+    backbone_options, task_options = _check_options(
+        backbone_options, task_options, image)
     image.update({k: v for k, v in (image_config or {}).items() if v is not None})
     num_classes = image.pop("num_region_classes")
+    settings = {
+        "dropout": bert_config["dropout"],
+        "attention_dropout": bert_config["attention_dropout"],
+        **image,
+        **backbone_options,
+    }
     backbone = InterBERTBackbone(
         vocabulary_size=bert_config["vocabulary_size"],
         num_single_stream_layers=single_stream_layers,
@@ -171,16 +230,15 @@ def _build(bert_config, single_stream_layers, image_config, dtype):
         hidden_dim=bert_config["hidden_dim"],
         num_heads=bert_config["num_heads"],
         intermediate_dim=bert_config["intermediate_dim"],
-        dropout=bert_config["dropout"],
-        attention_dropout=bert_config["attention_dropout"],
         max_sequence_length=bert_config["max_sequence_length"],
         num_segments=bert_config["num_segments"],
         layer_norm_epsilon=bert_config["layer_norm_epsilon"],
         approximate_gelu=bert_config["approximate_gelu"],
         dtype=dtype,
-        **image,
+        **settings,
     )
-    return InterBERTPretrainer(backbone, num_region_classes=num_classes, dtype=dtype)
+    return InterBERTPretrainer(backbone, num_region_classes=num_classes,
+                               dtype=dtype, **task_options)
 
 
 def _new_weights(pretrainer, with_mlm_head):
@@ -189,6 +247,8 @@ def _new_weights(pretrainer, with_mlm_head):
     layers = [bb.image_feature_projection, bb.image_location_projection,
               bb.image_embeddings_layer_norm, bb.text_pooler, bb.image_pooler,
               pretrainer.mrm_head, pretrainer.itm_head, *bb.image_stream_layers]
+    if pretrainer.itc_head is not None:  # the optional contrastive head
+        layers.append(pretrainer.itc_head)
     if not with_mlm_head:
         layers.append(pretrainer.msm_head)
     new = [w for layer in layers for w in layer.weights]
@@ -302,7 +362,8 @@ def _load_keras_file(path):
                          f"({type(e).__name__}: {e}).") from e
 
 
-def convert_bert(source, single_stream_layers, image_config=None, dtype=None):
+def convert_bert(source, single_stream_layers, image_config=None, dtype=None,
+                 backbone_options=None, task_options=None):
     """Builds an `InterBERTPretrainer` initialised from a BERT checkpoint.
 
     Args:
@@ -318,6 +379,18 @@ def convert_bert(source, single_stream_layers, image_config=None, dtype=None):
             `pooled_dim`, `image_feature_dim`, `image_dropout`,
             `image_attention_dropout`, `num_region_classes`).
         dtype: dtype policy of the new model.
+        backbone_options: dict of further `InterBERTBackbone` settings that
+            are not BERT weights: `pooling`, `dropout`, `attention_dropout`
+            (default: the checkpoint's), `image_dropout`,
+            `image_attention_dropout` (these two win over `image_config`)
+            and `initializer_range` (of the new weights). A setting the
+            checkpoint fixes (`hidden_dim`, `num_heads`, `vocabulary_size`,
+            `num_layers`, ...) raises a `ValueError` naming it.
+        task_options: dict of further `InterBERTPretrainer` arguments for
+            the new heads: `contrastive`, `contrastive_dim`,
+            `itm_initializer`, `itm_dropout`. Other keys raise a
+            `ValueError`. The contrastive head, like the matching head, is
+            newly initialised.
     """
     import keras_hub
 
@@ -325,11 +398,13 @@ def convert_bert(source, single_stream_layers, image_config=None, dtype=None):
         if os.path.isdir(source) and os.path.exists(os.path.join(source, "config.json")) \
                 and not os.path.exists(os.path.join(source, "metadata.json")):
             bert_config, state, label = _read_hf_directory(source)
-            pretrainer = _build(bert_config, single_stream_layers, image_config, dtype)
+            pretrainer = _build(bert_config, single_stream_layers, image_config,
+                                dtype, backbone_options, task_options)
             return _load_torch_named(pretrainer, _strip_prefix(state), label)
         if os.path.isdir(source) and os.path.exists(os.path.join(source, "bert_config.json")):
             bert_config, state, label = _read_tf_checkpoint(source)
-            pretrainer = _build(bert_config, single_stream_layers, image_config, dtype)
+            pretrainer = _build(bert_config, single_stream_layers, image_config,
+                                dtype, backbone_options, task_options)
             return _load_torch_named(pretrainer, state, label)
         if source.endswith(".keras"):
             source = _load_keras_file(source)
@@ -347,5 +422,5 @@ def convert_bert(source, single_stream_layers, image_config=None, dtype=None):
             f"{type(source).__name__}."
         )
     pretrainer = _build(_keras_hub_config(source), single_stream_layers,
-                        image_config, dtype)
+                        image_config, dtype, backbone_options, task_options)
     return _load_keras_hub(pretrainer, source, f"keras-hub BertBackbone '{source.name}'")
