@@ -194,6 +194,11 @@ def build_model(args, feature_dim, num_classes):
 
         if args.single_layers is None:
             raise SystemExit("--bert needs --single-layers K.")
+        if args.backbone_override:
+            raise SystemExit(
+                "--backbone-override changes a preset's settings; with --bert "
+                "the checkpoint fixes them (--pooling and --dropout still "
+                "apply).")
         # The improved recipe's options, as on the preset path below.
         backbone_options = {"pooling": args.pooling}
         task_options = {}

@@ -349,3 +349,10 @@ def test_pretrain_recipe_bert_path_takes_recipe_options(
     assert model.backbone.image_feature_dim == 16
     assert model.contrastive_dim is None  # --contrastive-dim 0: no projection
     _assert_recipe_options(model, plain_minilm_text_path)
+
+    # The checkpoint fixes the sizes: a preset override is refused, not ignored.
+    args = pretrain.parse_args([
+        "--bert", minilm_dir(), "--single-layers", "2",
+        "--backbone-override", "hidden_dim=64", "--out", str(tmp_path / "r2")])
+    with pytest.raises(SystemExit, match="--backbone-override"):
+        pretrain.build_model(args, feature_dim=16, num_classes=None)
