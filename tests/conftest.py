@@ -2,10 +2,19 @@ import os
 import subprocess
 import sys
 
-import keras_interbert  # noqa: F401  (first: a quiet TensorFlow start-up)
-import keras
-import numpy as np
-import pytest
+# OpenMP threads that wait for work sleep instead of spinning. PyTorch's CPU
+# kernels (GNU OpenMP) spin by default, which on a machine shared with other
+# busy processes (`make test` runs three sessions on two cores) burns most of
+# the PyTorch session's CPU time in waiting: tests/test_tasks.py -k learns
+# took 90 CPU seconds with spinning and 23 without, under that load
+# (docs/benchmarks.md). Set before any backend is imported; the processes
+# the tests start inherit it. An explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import keras_interbert  # noqa: E402,F401  (first: a quiet TensorFlow start-up)
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The original code's golden record, kept in the repository (see
@@ -29,11 +38,26 @@ if ONCE_BACKEND not in (None, "tensorflow", "jax", "torch"):
                      f"torch; received {ONCE_BACKEND!r}.")
 
 
+# A check marked `one_session` does depend on the backend, but only through
+# code that other checks run in every session: a recipe's or a page's run
+# from end to end (the VCR and text recipes, docs/your-data.md) trains with
+# `fit` and reloads its `.keras` file, which tests/test_tasks.py,
+# tests/test_components.py and tests/test_contrastive.py do under every
+# backend for every task. With INTERBERT_ONCE_BACKEND set it runs in that
+# session only, like `once`; unset, in every session.
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tensorflow_only" in item.keywords and BACKEND != "tensorflow":
             item.add_marker(pytest.mark.skip(
                 reason="tensorflow_only: needs the TensorFlow backend"))
+        elif ("one_session" in item.keywords
+              and ONCE_BACKEND not in (None, BACKEND)):
+            item.add_marker(pytest.mark.skip(
+                reason="one_session: its backend-dependent parts are checked "
+                "in every session by the task tests; runs in the "
+                f"{ONCE_BACKEND} session (INTERBERT_ONCE_BACKEND)"))
         elif ("once" in item.keywords and "every_backend" not in item.keywords
               and ONCE_BACKEND not in (None, BACKEND)):
             item.add_marker(pytest.mark.skip(

@@ -1,5 +1,11 @@
 """The finetuning recipes end to end on a small bundled data set: each trains,
-saves a `.keras` file that reloads, and writes its metrics and plot."""
+saves a `.keras` file that reloads, and writes its metrics and plot.
+
+The retrieval recipe runs in every session. The VCR and text recipes are
+marked `one_session` (tests/conftest.py): under `make test` they run in one
+session; the multiple-choice and text-classification tasks train, save and
+reload under every backend in tests/test_tasks.py and
+tests/test_components.py."""
 import json
 import os
 import sys
@@ -67,6 +73,7 @@ def test_retrieval_recipe(setup):
         written["name"], 2, 32)
 
 
+@pytest.mark.one_session
 def test_vcr_recipe(setup):
     import finetune_vcr
 
@@ -89,6 +96,7 @@ def test_vcr_recipe(setup):
     assert summary["eval_questions"] > 0
 
 
+@pytest.mark.one_session
 @pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
 def test_text_recipe_and_a_vocabulary_mismatch(setup):
     import finetune_text

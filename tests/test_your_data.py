@@ -85,6 +85,7 @@ def test_the_page_shows_every_command():
         assert f"$ {command}" in lines, command
 
 
+@pytest.mark.one_session  # the recipes per backend: test_finetune_recipes.py, test_retrieval_evaluation.py
 @pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
 def test_walk_through(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
