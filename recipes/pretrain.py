@@ -189,6 +189,17 @@ def build_model(args, feature_dim, num_classes):
         return model
     # Without region targets the region head is never trained: one class.
     num_classes = num_classes or 1
+    # The improved recipe's options, the same for a preset and for --bert:
+    # --dropout sets every rate of the backbone and the matching head's.
+    dropout = {} if args.dropout is None else dict.fromkeys(
+        ("dropout", "attention_dropout", "image_dropout",
+         "image_attention_dropout"), args.dropout)
+    task_options = dict(
+        contrastive=args.itc_weight > 0,
+        contrastive_dim=args.contrastive_dim or None,
+        itm_initializer=args.itm_initializer)
+    if args.dropout is not None:
+        task_options["itm_dropout"] = args.dropout
     if args.bert:
         from keras_interbert.convert import convert_bert
 
@@ -199,37 +210,19 @@ def build_model(args, feature_dim, num_classes):
                 "--backbone-override changes a preset's settings; with --bert "
                 "the checkpoint fixes them (--pooling and --dropout still "
                 "apply).")
-        # The improved recipe's options, as on the preset path below.
-        backbone_options = {"pooling": args.pooling}
-        task_options = {}
-        if args.dropout is not None:
-            for name in ("dropout", "attention_dropout", "image_dropout",
-                         "image_attention_dropout"):
-                backbone_options[name] = args.dropout
-            task_options["itm_dropout"] = args.dropout
-        task_options.update(
-            contrastive=args.itc_weight > 0,
-            contrastive_dim=args.contrastive_dim or None,
-            itm_initializer=args.itm_initializer)
         return convert_bert(args.bert, args.single_layers, image_config={
             "image_feature_dim": feature_dim, "num_region_classes": num_classes},
-            backbone_options=backbone_options, task_options=task_options)
+            backbone_options={"pooling": args.pooling, **dropout},
+            task_options=task_options)
     preset = args.preset or f"interbert_tiny_{args.language}"
     config = preset_backbone_config(preset)
     config["image_feature_dim"] = feature_dim
     config["pooling"] = args.pooling
     config.update(parse_overrides(args.backbone_override, config))
-    task = {}
-    if args.dropout is not None:
-        for name in ("dropout", "attention_dropout", "image_dropout",
-                     "image_attention_dropout"):
-            config[name] = args.dropout
-        task["itm_dropout"] = args.dropout
+    config.update(dropout)
     return InterBERTPretrainer(
-        InterBERTBackbone(**config), num_region_classes=num_classes, **task,
-        contrastive=args.itc_weight > 0,
-        contrastive_dim=args.contrastive_dim or None,
-        itm_initializer=args.itm_initializer)
+        InterBERTBackbone(**config), num_region_classes=num_classes,
+        **task_options)
 
 
 def main(argv=None):
