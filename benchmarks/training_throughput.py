@@ -1,4 +1,4 @@
-"""Pretraining throughput side by side with the authors' PyTorch code, in one run.
+"""Training and scoring throughput side by side with the authors' PyTorch code, in one run.
 
 For each configuration this times, in fresh child processes run one after the
 other on the same machine, the pretraining step of
@@ -40,6 +40,19 @@ second), so the dense one is an upper bound of its own.
         --variants tensorflow jax --steps 3
     # ours only, no original:
     .venv/bin/python benchmarks/training_throughput.py --configs tiny --variants jax
+
+`--tasks retrieval scoring` times, the same way, the retrieval finetuning
+step (four pairs per caption, 2-way cross-entropy on the matching head:
+the authors' `InterBertForVLTasks` with `BertAdam` against our
+`InterBERTRetriever.fit` with `finetuning_optimizer`) and the
+cross-encoder's forward pass as full retrieval evaluation runs it (their
+model in `eval()` under `torch.no_grad()` against our matching logits by
+`predict_on_batch`), at the authors' Flickr30K shapes (text 30, 102 image
+slots); `--batch-size` is then pairs per step (retrieval: 4 per caption).
+Utilisation counts the FLOPs the task needs (encoder, poolers, matching
+classifier); the authors' forward also computes the vocabulary and
+region-class logits at every position, which neither task uses
+(`unused_gflop_per_step` in the report).
 """
 import argparse
 import json
@@ -64,6 +77,17 @@ CONFIGS = {
     "published": "interbert_base_en",
 }
 TEXT_LEN, SLOTS, NUM_CLASSES = 36, 37, 1601
+# What each task trains or runs. `pretraining`: the step above.
+# `retrieval`: the finetuning step of docs/architecture.md §4.1, four pairs
+# per caption (matched, random caption, random image, hard caption; labels
+# 0, 1, 1, 1), 2-way cross-entropy on the matching head, text 30 and 102
+# image slots as the authors finetune on Flickr30K. `scoring`: the
+# cross-encoder's forward pass alone (match probability of each pair), as
+# full retrieval evaluation runs it, at the same shapes.
+TASKS = ("pretraining", "retrieval", "scoring")
+TASK_SHAPES = {"pretraining": (TEXT_LEN, SLOTS), "retrieval": (30, 102),
+               "scoring": (30, 102)}
+PAIRS_PER_CAPTION = 4
 # The targets of the benchmark batch: tokens 3..11 of every caption and
 # regions 1..4 (slots 1..4), as many as span masking and group masking give
 # a 36-token caption and 36 regions on average, rounded up.
@@ -111,14 +135,36 @@ def model_flops_per_pair(config, text_len=TEXT_LEN, slots=SLOTS,
     return flops
 
 
-def step_flops(config, batch_size, heads):
-    """Model FLOPs of one training step: 3 x forward (backward = 2 x)."""
+def step_flops(config, batch_size, heads, task="pretraining"):
+    """Model FLOPs of one step: 3 x forward for training (backward = 2 x),
+    1 x forward for `scoring`.
+
+    `retrieval` and `scoring` need the encoder, the poolers and the matching
+    classifier only (no masked-segment or masked-region logits).
+    """
+    if task != "pretraining":
+        text_len, slots = TASK_SHAPES[task]
+        per_pair = model_flops_per_pair(config, text_len, slots,
+                                        msm_positions=0, mrm_positions=0)
+        return (1 if task == "scoring" else 3) * per_pair * batch_size
     if heads == "targets":
         per_pair = model_flops_per_pair(config, msm_positions=MSM_WIDTH,
                                         mrm_positions=MRM_WIDTH)
     else:
         per_pair = model_flops_per_pair(config)
     return 3 * per_pair * batch_size
+
+
+def original_unused_head_flops(config, task, batch_size):
+    """Forward FLOPs the authors' `InterBertForVLTasks` spends per step on
+    outputs `retrieval` and `scoring` do not use: its forward always computes
+    the vocabulary logits at every text position and the region-class logits
+    at every image slot (`BertPreTrainingHeads`)."""
+    text_len, slots = TASK_SHAPES[task]
+    dense = model_flops_per_pair(config, text_len, slots)
+    needed = model_flops_per_pair(config, text_len, slots, msm_positions=0,
+                                  mrm_positions=0)
+    return (dense - needed) * batch_size
 
 
 def original_config(config, num_classes=NUM_CLASSES):
@@ -153,12 +199,18 @@ def original_config(config, num_classes=NUM_CLASSES):
     }
 
 
-def benchmark_batch(batch_size, vocabulary_size, feature_dim, seed=0):
-    """The batch both sides train on, as numpy: ids, features, targets."""
+def benchmark_batch(batch_size, vocabulary_size, feature_dim, seed=0,
+                    task="pretraining"):
+    """The batch both sides train on, as numpy: ids, features, targets.
+
+    For `retrieval` and `scoring` the ITM labels are the four pairs per
+    caption's `0, 1, 1, 1` (`batch_size` pairs, a multiple of 4).
+    """
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    B, T, S = batch_size, TEXT_LEN, SLOTS
+    B = batch_size
+    T, S = TASK_SHAPES[task]
     probs = rng.random((B, S - 1, NUM_CLASSES)).astype("float32")
     probs /= probs.sum(-1, keepdims=True)
     return {
@@ -166,7 +218,9 @@ def benchmark_batch(batch_size, vocabulary_size, feature_dim, seed=0):
         "region_features": rng.random((B, S, feature_dim)).astype("float32"),
         "region_locations": rng.random((B, S, 5)).astype("float32"),
         "class_probs": probs,  # slots 1..S-1
-        "itm_labels": (np.arange(B) % 2).astype("int32"),
+        "itm_labels": (np.arange(B) % 2 if task == "pretraining" else
+                       np.minimum(np.arange(B) % PAIRS_PER_CAPTION, 1)
+                       ).astype("int32"),
     }
 
 
@@ -283,6 +337,9 @@ def original_worker(args):
     for key, value in fields.items():  # from_dict skips absent defaults
         setattr(bert_config, key, value)
     torch.manual_seed(0)
+    if args.task != "pretraining":
+        return _original_matching(args, modules, optimization, bert_config,
+                                  fields)
     model = modules.InterBertForMultiModalPreTraining(bert_config).train()
     if args.original_optimizer == "bertadam":
         optimizer = optimization.BertAdam(
@@ -315,6 +372,13 @@ def original_worker(args):
         (msm + mrm + itm).sum().backward()
         optimizer.step()
 
+    return [_time_original(args, model, step, heads="dense")]
+
+
+def _time_original(args, model, step, heads):
+    """Times `step()` of the authors' model between two matmul peaks."""
+    import torch
+
     peaks = [matmul_peak(_Matmul(torch.matmul, torch.from_numpy),
                          lambda t: t.numpy())]
     times = []
@@ -328,15 +392,74 @@ def original_worker(args):
     cpu = _cpu_seconds() - cpu
     peaks.append(matmul_peak(_Matmul(torch.matmul, torch.from_numpy),
                              lambda t: t.numpy()))
-    result = {"side": "original", "heads": "dense",
-              "optimizer": args.original_optimizer,
-              "threads": torch.get_num_threads(),
-              "torch": torch.__version__,
-              "peak_gflops": max(peaks) / 1e9,
-              "peak_rss_gib": _peak_rss_gib(),
-              "parameters": sum(p.numel() for p in model.parameters()),
-              **_stats(times, B, cpu)}
-    return [result]
+    return {"side": "original", "task": args.task, "heads": heads,
+            "optimizer": (args.original_optimizer if args.task != "scoring"
+                          else None),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "peak_gflops": max(peaks) / 1e9,
+            "peak_rss_gib": _peak_rss_gib(),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            **_stats(times, args.batch_size, cpu)}
+
+
+def _original_matching(args, modules, optimization, bert_config, fields):
+    """The authors' retrieval finetuning step or their scoring forward.
+
+    Their `InterBertForVLTasks` as their `train_tasks.py` drives it for
+    retrieval (`task_utils.ForwardModelsTrain`, task type of Flickr30K):
+    the four pairs of each caption flattened into the batch, 2-way
+    cross-entropy on the matching head's `vil_binary_prediction`, backward,
+    `BertAdam` (4e-5, `warmup_constant`, per-parameter clipping to 1, decay
+    0.01). The EMA of weights their finetuning keeps is left out, here as on
+    our side. `scoring`: the same forward in `eval()` mode under
+    `torch.no_grad()`, the match probability of every pair.
+    """
+    import torch
+
+    model = modules.InterBertForVLTasks(bert_config, num_labels=1)
+    B = args.batch_size
+    T, S = TASK_SHAPES[args.task]
+    batch = benchmark_batch(B, fields["vocab_size"], fields["v_feature_size"],
+                            task=args.task)
+    ids = torch.from_numpy(batch["token_ids"]).long()
+    features = torch.from_numpy(batch["region_features"])
+    locations = torch.from_numpy(batch["region_locations"])
+    segments = torch.zeros_like(ids)
+    text_mask = torch.ones(B, T, dtype=torch.long)
+    image_mask = torch.ones(B, S, dtype=torch.long)
+    co_attention_mask = torch.zeros(B, S, T)
+    joint_mask = torch.cat([image_mask, text_mask], 1)
+    labels = torch.from_numpy(batch["itm_labels"]).long()
+    inputs = (ids, features, locations, segments, text_mask, image_mask,
+              co_attention_mask, joint_mask)
+
+    if args.task == "scoring":
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                binary = model(*inputs)[2]
+                torch.softmax(binary, -1)[:, 0].numpy()
+    else:
+        model.train()
+        if args.original_optimizer == "bertadam":
+            optimizer = optimization.BertAdam(
+                model.parameters(), lr=4e-5, warmup=0.1, t_total=100000,
+                schedule="warmup_constant", weight_decay=0.01,
+                max_grad_norm=1.0)
+        else:
+            optimizer = torch.optim.AdamW(model.parameters(), lr=4e-5,
+                                          weight_decay=0.01)
+        loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-1)
+
+        def step():
+            optimizer.zero_grad()
+            binary = model(*inputs)[2]
+            loss_fn(binary.view(-1, 2), labels.view(-1)).backward()
+            optimizer.step()
+
+    return [_time_original(args, model, step, heads="itm")]
 
 
 # === Ours (child process) ===
@@ -404,6 +527,8 @@ def ours_worker(args):
     keras.config.set_dtype_policy(args.dtype)
     keras.utils.set_random_seed(0)
     config = preset_backbone_config(CONFIGS[args.config])
+    if args.task != "pretraining":
+        return _ours_matching(args, config)
     model = InterBERTPretrainer(InterBERTBackbone(**config),
                                 num_region_classes=NUM_CLASSES)
     model.compile(optimizer=pretraining_optimizer(bert_variable_patterns=()),
@@ -435,7 +560,8 @@ def ours_worker(args):
         times = list(np.diff(np.array(timer.times[args.warmup - 1:])))
         cpu = timer.cpu[-1] - timer.cpu[args.warmup - 1]
         results.append({
-            "side": args.variant, "heads": heads, "dtype": args.dtype,
+            "side": args.variant, "task": "pretraining", "heads": heads,
+            "dtype": args.dtype,
             "first_step_seconds": first,
             "peak_rss_gib": _peak_rss_gib(),
             "parameters": model.count_params(),
@@ -444,6 +570,89 @@ def ours_worker(args):
     for r in results:
         r["peak_gflops"] = max(peaks) / 1e9
     return results
+
+
+def _matching_inputs(batch_size, config, task):
+    """`(x, labels)` of `retrieval`/`scoring` for our models, numpy."""
+    import numpy as np
+
+    B = batch_size
+    T, S = TASK_SHAPES[task]
+    batch = benchmark_batch(B, config["vocabulary_size"],
+                            config["image_feature_dim"], task=task)
+    x = {
+        "token_ids": batch["token_ids"],
+        "segment_ids": np.zeros((B, T), "int32"),
+        "text_mask": np.ones((B, T), "int32"),
+        "region_features": batch["region_features"],
+        "region_locations": batch["region_locations"],
+        "region_mask": np.ones((B, S), "int32"),
+    }
+    return x, batch["itm_labels"]
+
+
+def _ours_matching(args, config):
+    """Our retrieval finetuning step (`InterBERTRetriever.fit`) or scoring.
+
+    `retrieval`: `InterBERTRetriever` compiled with `finetuning_optimizer()`
+    (4e-5, per-variable clipping to 1, decay 0.01; no EMA, as on the
+    authors' side), the four pairs per caption flattened as
+    `retrieval_training_dataset` lays them out. `scoring`: the matching
+    logits alone (`PairScorer`'s cut-down model) by `predict_on_batch`, and
+    the match probability of every pair, as `score_grid` runs it.
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_interbert import InterBERTBackbone
+    from keras_interbert import InterBERTRetriever
+    from keras_interbert.training import finetuning_optimizer
+
+    B = args.batch_size
+    model = InterBERTRetriever(InterBERTBackbone(**config))
+    x, labels = _matching_inputs(B, config, args.task)
+    ops = keras.ops
+    matmul = _Matmul(ops.matmul, ops.convert_to_tensor)
+    peaks = [matmul_peak(matmul, ops.convert_to_numpy)]
+    times, cpu = [], None
+    start = time.perf_counter()
+    if args.task == "retrieval":
+        model.compile(optimizer=finetuning_optimizer(),
+                      jit_compile=args.jit == "true")
+        ds = tf.data.Dataset.from_tensors((x, labels)).repeat()
+        marks = []
+
+        class Timer(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                marks.append((time.perf_counter(), _cpu_seconds()))
+
+        model.fit(ds, steps_per_epoch=args.warmup + args.steps, epochs=1,
+                  verbose=0, shuffle=False, callbacks=[Timer()])
+        first = marks[0][0] - start
+        times = list(np.diff([t for t, _ in marks[args.warmup - 1:]]))
+        cpu = marks[-1][1] - marks[args.warmup - 1][1]
+    else:
+        scorer = keras.Model(model.input, model.output["itm_logits"])
+        scorer.jit_compile = args.jit == "true"
+        for i in range(args.warmup + args.steps):
+            if i == args.warmup:
+                cpu = _cpu_seconds()
+            begin = time.perf_counter()
+            logits = scorer.predict_on_batch(x)
+            ops.convert_to_numpy(ops.softmax(logits, axis=-1)[:, 0])
+            if i == 0:
+                first = time.perf_counter() - start
+            if i >= args.warmup:
+                times.append(time.perf_counter() - begin)
+        cpu = _cpu_seconds() - cpu
+    peaks.append(matmul_peak(matmul, ops.convert_to_numpy))
+    return [{"side": args.variant, "task": args.task, "heads": "itm",
+             "dtype": args.dtype, "first_step_seconds": first,
+             "peak_rss_gib": _peak_rss_gib(),
+             "parameters": model.count_params(),
+             "peak_gflops": max(peaks) / 1e9,
+             **_stats(times, B, cpu)}]
 
 
 # === Orchestration ===
@@ -489,6 +698,7 @@ def run_child(side, config, args):
         extra = ["--jit", VARIANTS[side]["jit"], "--heads", *args.heads]
     cmd = [sys.executable, os.path.abspath(__file__), "--worker",
            "--variant", side, "--config", config, "--dtype", args.dtype,
+           "--task", args.task,
            "--batch-size", str(args.batch_size), "--steps", str(args.steps),
            "--warmup", str(args.warmup), *extra]
     load_before = os.getloadavg()[0]
@@ -497,7 +707,8 @@ def run_child(side, config, args):
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     if out.returncode or not lines:
         tail = (out.stderr.strip().splitlines() or ["(no output)"])[-3:]
-        print(f"{config:9} {side:15} FAILED: {' | '.join(tail)}", flush=True)
+        print(f"{config:9} {args.task:11} {side:15} FAILED: "
+              f"{' | '.join(tail)}", flush=True)
         return []
     results = json.loads(lines[0][len("RESULT "):])
     for r in results:
@@ -507,18 +718,29 @@ def run_child(side, config, args):
     return results
 
 
-def add_ratios(results, configs):
-    """Utilisation of every row; ours: ratio to the originals either side."""
+def add_ratios(results, configs, tasks=("pretraining",)):
+    """Utilisation of every row; ours: ratio to the originals either side.
+
+    Utilisation counts the model FLOPs the task needs, the same on both
+    sides; where the authors' forward computes more (unused head logits in
+    `retrieval` and `scoring`), the extra is reported in
+    `unused_gflop_per_step` and not counted.
+    """
     from keras_interbert.presets import preset_backbone_config
 
     for r in results:
         config = preset_backbone_config(CONFIGS[r["config"]])
-        flops = step_flops(config, r["batch_size"], r["heads"])
+        task = r.get("task", "pretraining")
+        flops = step_flops(config, r["batch_size"], r["heads"], task)
         r["model_gflop_per_step"] = flops / 1e9
         r["achieved_gflops"] = flops / r["step_seconds"] / 1e9
         r["utilisation"] = r["achieved_gflops"] / r["peak_gflops"]
-    for config in configs:
-        rows = [r for r in results if r["config"] == config]
+        if r["side"] == "original" and task != "pretraining":
+            r["unused_gflop_per_step"] = original_unused_head_flops(
+                config, task, r["batch_size"]) / 1e9
+    for config, task in [(c, t) for c in configs for t in tasks]:
+        rows = [r for r in results if r["config"] == config
+                and r.get("task", "pretraining") == task]
         for i, r in enumerate(rows):
             if r["side"] == "original":
                 continue
@@ -534,18 +756,25 @@ def add_ratios(results, configs):
                     sum(o["peak_rss_gib"] for o in around) / len(around))
 
 
+def _figure(value):
+    """A GFLOP count as the table shows it: whole numbers from 10 up."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def markdown(report):
     lines = [
-        "| config | run | heads | pairs/s | × original (either side) | "
+        "| config | task | run | heads | pairs/s | × original (either side) | "
         "GFLOP/step | GFLOP/s | matmul peak GFLOP/s | utilisation | "
         "peak RSS GiB | CPU s/step | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         ratio = f"**{r['ratio']:.2f}**" if "ratio" in r else "—"
         lines.append(
-            f"| {r['config']} | {LABELS[r['side']]} | {r['heads']} | "
+            f"| {r['config']} | {r.get('task', 'pretraining')} | "
+            f"{LABELS[r['side']]} | {r['heads']} | "
             f"{r['pairs_per_second']:.2f} | {ratio} | "
-            f"{r['model_gflop_per_step']:.0f} | {r['achieved_gflops']:.1f} | "
+            f"{_figure(r['model_gflop_per_step'])} | "
+            f"{r['achieved_gflops']:.1f} | "
             f"{r['peak_gflops']:.0f} | {100 * r['utilisation']:.0f}% | "
             f"{r['peak_rss_gib']:.2f} | {r['cpu_seconds_per_step']:.2f} | "
             f"{r['load_average_before']:.1f}–"
@@ -572,10 +801,18 @@ def main(argv=None):
                    choices=list(VARIANTS))
     p.add_argument("--configs", nargs="+", default=["published"],
                    choices=list(CONFIGS))
+    p.add_argument("--tasks", nargs="+", default=["pretraining"],
+                   choices=list(TASKS),
+                   help="pretraining (MSM+MRM+ITM step), retrieval (the "
+                        "finetuning step, four pairs per caption), scoring "
+                        "(the cross-encoder's forward pass)")
     p.add_argument("--heads", nargs="+", default=["targets", "dense"],
-                   choices=["targets", "dense"])
+                   choices=["targets", "dense"],
+                   help="forms of the pretraining step")
     p.add_argument("--dtypes", nargs="+", default=["float32"])
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="pairs per step (retrieval: a multiple of 4, the "
+                        "four pairs of each caption)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1)
@@ -587,6 +824,7 @@ def main(argv=None):
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     p.add_argument("--jit", default="false", help=argparse.SUPPRESS)
+    p.add_argument("--task", default="pretraining", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         if args.variant == "original":
@@ -599,26 +837,29 @@ def main(argv=None):
         return results
     if args.warmup < 1:
         p.error("--warmup must be at least 1 (the first step compiles)")
+    if "retrieval" in args.tasks and args.batch_size % PAIRS_PER_CAPTION:
+        p.error(f"--batch-size {args.batch_size}: retrieval needs a multiple "
+                f"of {PAIRS_PER_CAPTION} (the four pairs of each caption)")
     if args.original and not os.path.isdir(
             os.path.join(args.original, "bertmodel")):
         p.error(f"--original {args.original}: no bertmodel/ folder there")
     machine = machine_state()
     print(f"machine: {machine}", flush=True)
     results = []
-    for config in args.configs:
-        for dtype in args.dtypes:
-            args.dtype = dtype
-            for side in schedule(args.variants, args.rounds,
-                                 args.original_every, bool(args.original)):
-                for r in run_child(side, config, args):
-                    results.append(r)
-                    print(f"{config:9} {side:15} {r['heads']:8} "
-                          f"{r['pairs_per_second']:7.2f} pairs/s  "
-                          f"step {r['step_seconds']:.3f} s  "
-                          f"peak {r['peak_gflops']:.0f} GFLOP/s  "
-                          f"RSS {r['peak_rss_gib']:.2f} GiB  "
-                          f"load {r['load_average_before']:.1f}", flush=True)
-    add_ratios(results, args.configs)
+    for config, task, dtype in [(c, t, d) for c in args.configs
+                                for t in args.tasks for d in args.dtypes]:
+        args.dtype, args.task = dtype, task
+        for side in schedule(args.variants, args.rounds,
+                             args.original_every, bool(args.original)):
+            for r in run_child(side, config, args):
+                results.append(r)
+                print(f"{config:9} {task:11} {side:15} {r['heads']:8} "
+                      f"{r['pairs_per_second']:7.2f} pairs/s  "
+                      f"step {r['step_seconds']:.3f} s  "
+                      f"peak {r['peak_gflops']:.0f} GFLOP/s  "
+                      f"RSS {r['peak_rss_gib']:.2f} GiB  "
+                      f"load {r['load_average_before']:.1f}", flush=True)
+    add_ratios(results, args.configs, args.tasks)
     report = {"command": " ".join(["benchmarks/training_throughput.py"]
                                   + list(sys.argv[1:] if argv is None else argv)),
               "machine": machine,

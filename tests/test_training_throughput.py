@@ -122,3 +122,67 @@ def test_grouped_adamw_steps_as_keras_adamw_with_clipped_gradients():
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a),
                                    keras.ops.convert_to_numpy(b),
                                    rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "torch",
+                    reason="counts the products PyTorch dispatches")
+def test_matching_flop_formula_matches_counted_matrix_products():
+    """The retrieval/scoring FLOPs (encoder, poolers, matching classifier;
+    no masked-segment or masked-region logits) against the products the
+    retriever's forward pass dispatches."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from keras_interbert import InterBERTBackbone
+    from keras_interbert import InterBERTRetriever
+
+    tt = _benchmark_module()
+    config = dict(TINY_BACKBONE)
+    B, T, R = 4, 6, 9
+    model = InterBERTRetriever(InterBERTBackbone(**config))
+    x = random_backbone_inputs(batch=B, text_len=T, regions=R,
+                               feature_dim=config["image_feature_dim"],
+                               vocabulary_size=config["vocabulary_size"])
+    model(x)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        outputs = model(x, training=False)
+    assert tuple(outputs["itm_logits"].shape) == (B, 2)
+    expected = B * tt.model_flops_per_pair(config, text_len=T, slots=R,
+                                           msm_positions=0, mrm_positions=0)
+    assert counter.get_total_flops() == expected
+
+
+@pytest.mark.parametrize("task", ["retrieval", "scoring"])
+def test_matching_worker_times_our_step(task):
+    """One benchmark child of the retrieval step and of scoring, in this
+    process at the tiny configuration: it trains (or scores) the batch of
+    the authors' shapes and reports what the table needs."""
+    from keras_interbert.presets import preset_backbone_config
+
+    tt = _benchmark_module()
+    rows = tt.main(["--worker", "--variant", BACKEND, "--config", "tiny",
+                    "--task", task, "--batch-size", "8", "--steps", "2",
+                    "--warmup", "1"])
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["task"] == task and row["heads"] == "itm"
+    assert len(row["step_times"]) == 2 and row["step_seconds"] > 0
+    assert row["pairs_per_second"] == pytest.approx(8 / row["step_seconds"])
+    config = preset_backbone_config("interbert_tiny_en")
+    x, labels = tt._matching_inputs(8, config, task)
+    assert x["token_ids"].shape == (8, 30)
+    assert x["region_features"].shape == (8, 102, config["image_feature_dim"])
+    # The four pairs of each caption: matched, then three mismatches.
+    np.testing.assert_array_equal(labels, [0, 1, 1, 1, 0, 1, 1, 1])
+    # Training counts backward as twice the forward; scoring the forward.
+    assert tt.step_flops(config, 8, "itm", "retrieval") == 3 * tt.step_flops(
+        config, 8, "itm", "scoring")
+    assert tt.original_unused_head_flops(config, task, 8) > 0
+
+
+def test_retrieval_batch_must_hold_whole_captions(capsys):
+    tt = _benchmark_module()
+    with pytest.raises(SystemExit):
+        tt.main(["--tasks", "retrieval", "--batch-size", "6",
+                 "--configs", "tiny", "--variants", BACKEND])
+    assert "multiple of 4" in capsys.readouterr().err
