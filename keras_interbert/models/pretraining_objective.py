@@ -7,6 +7,7 @@ local loss sums by the *global* counts. Summed over replicas, the local
 losses (and so their gradients) are the single-device loss on the whole
 batch, whatever share of the targets each replica holds.
 """
+import keras
 from keras import ops
 
 TASKS = ("msm", "mrm", "itm", "itc")
@@ -37,7 +38,21 @@ def _log_softmax(logits):
 
 
 def _label_cross_entropy(logits, labels):
-    """`-log softmax(logits)[label]` without materialising the log-softmax."""
+    """`-log softmax(logits)[label]` without materialising the log-softmax.
+
+    Under TensorFlow, its fused kernel of the same formula
+    (`sparse_softmax_cross_entropy_with_logits`, which also gives the
+    gradient `softmax - one_hot` in the same pass). `take_along_axis` there
+    broadcasts the logits, gathers from them and, backward, scatters into and
+    reduces over a tensor of their size: for the masked-segment head (a
+    30,522-wide vocabulary at every target slot) that was about a third of
+    the quickstart's pretraining step (docs/benchmarks.md).
+    """
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=ops.cast(labels, "int32"), logits=logits)
     labels = ops.expand_dims(ops.cast(labels, "int32"), -1)
     picked = ops.squeeze(ops.take_along_axis(logits, labels, axis=-1), -1)
     return ops.logsumexp(logits, axis=-1) - picked
@@ -59,7 +74,16 @@ def contrastive_loss(logits):
 
 
 def _hits(logits, labels):
-    predicted = ops.cast(ops.argmax(logits, axis=-1), "int32")
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # `ops.argmax` under TensorFlow first rewrites every -0.0 to the
+        # smallest negative float (four more passes over the logits, a
+        # vocabulary wide at every masked-segment target); it only matters
+        # for a tie between 0.0 and -0.0, which no accuracy depends on.
+        predicted = tf.argmax(logits, axis=-1, output_type="int32")
+    else:
+        predicted = ops.cast(ops.argmax(logits, axis=-1), "int32")
     return ops.cast(ops.equal(predicted, ops.cast(labels, "int32")), "float32")
 
 
