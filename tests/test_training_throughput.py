@@ -186,3 +186,33 @@ def test_retrieval_batch_must_hold_whole_captions(capsys):
         tt.main(["--tasks", "retrieval", "--batch-size", "6",
                  "--configs", "tiny", "--variants", BACKEND])
     assert "multiple of 4" in capsys.readouterr().err
+
+
+def _pretraining_step_module():
+    path = os.path.join(REPO_ROOT, "benchmarks", "pretraining_step.py")
+    spec = importlib.util.spec_from_file_location("pretraining_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.one_session
+def test_pretraining_step_benchmark_times_the_recipes_step(tmp_path):
+    """benchmarks/pretraining_step.py stops the pretraining recipe at `fit`,
+    times the step it built on its own first batch, and gives `fit` back."""
+    from keras_interbert.data.synthetic import write_dataset
+
+    data = str(tmp_path / "data")
+    write_dataset(data, num_images=24, seed=0, feature_dim=16,
+                  languages=("en",), save_images=False, progress=False)
+    fit = keras.Model.fit
+    bench = _pretraining_step_module()
+    result = bench.main(["--data", data, "--steps", "2", "--warmup", "1",
+                         "--", "--preset", "interbert_tiny_en",
+                         "--batch-size", "4", "--max-regions", "4"])
+    assert keras.Model.fit is fit
+    assert result["steps"] == 2 and result["step_ms"] > 0
+    assert result["pipeline_ms_per_batch"] > 0
+    if BACKEND != "tensorflow":
+        with pytest.raises(SystemExit):
+            bench.main(["--data", data, "--profile"])

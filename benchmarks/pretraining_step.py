@@ -1,0 +1,158 @@
+"""The quickstart's pretraining step on its own: time per step, and its ops.
+
+Runs `recipes/pretrain.py` with the arguments given after `--` (by default
+the quickstart's improved recipe on the bundled data) up to the point where
+the recipe calls `fit`, and there, instead of training, times the step the
+recipe built: its model, optimizer and losses on the first batch of its own
+pipeline, repeated (so the input pipeline is out of the figure; it is timed
+on its own too). Prints the input pipeline's time per batch, the step's
+mean time over `--steps` steps after `--warmup`, and with `--profile` the
+TensorFlow ops that took the most time (TensorFlow's profiler, self time
+summed over its threads).
+
+    KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/pretraining_step.py \\
+        --data runs/quickstart/bundled-data-1000-d256 --profile
+    # the same step without the masked-segment task:
+    KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/pretraining_step.py \\
+        --data runs/quickstart/bundled-data-1000-d256 -- --msm-weight 0
+
+`--data` is a folder of the bundled data set (`make quickstart` writes one);
+without it, a 1,000-image set with 256-d features is generated in a
+temporary folder first.
+"""
+import argparse
+import collections
+import os
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "recipes"))
+sys.path.insert(0, HERE)
+
+# The quickstart's pretraining arguments (recipes/quickstart.py, recipe
+# "improved", English).
+QUICKSTART = ["--language", "en", "--max-regions", "8",
+              "--preset", "interbert_mini_en", "--steps", "300",
+              "--steps-per-epoch", "50", "--batch-size", "64",
+              "--learning-rate", "0.001", "--validation-steps", "4",
+              "--seed", "42", "--verbose", "0", "--itc-weight", "1",
+              "--pooling", "mean", "--itm-initializer", "zeros",
+              "--head-learning-rate-multiplier", "20", "--dropout", "0"]
+
+
+class _Measured(Exception):
+    """Ends the recipe once the step has been measured."""
+
+
+def measure(model, dataset, steps, warmup, profile, fit):
+    import keras
+
+    iterator = iter(dataset)
+    next(iterator)
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    pipeline = (time.perf_counter() - start) / steps
+    fixed = dataset.take(1).cache().repeat()
+    marks = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            marks.append(time.perf_counter())
+
+    fit(model, fixed, epochs=1, steps_per_epoch=warmup + steps, verbose=0,
+        callbacks=[Timer()], shuffle=False)
+    times = [b - a for a, b in zip(marks[warmup - 1:-1], marks[warmup:])]
+    result = {"pipeline_ms_per_batch": 1000 * pipeline,
+              "step_ms": 1000 * sum(times) / len(times), "steps": len(times)}
+    if profile:
+        result["top_ops"] = profile_ops(model, fixed, fit)
+    return result
+
+
+def profile_ops(model, dataset, fit, steps=5):
+    """`[(op type, seconds per step)]`: TensorFlow ops by self time."""
+    import tensorflow as tf
+
+    import profile_step
+
+    logdir = tempfile.mkdtemp(prefix="pretraining_step_")
+    tf.profiler.experimental.start(logdir)
+    fit(model, dataset, epochs=1, steps_per_epoch=steps, verbose=0,
+        shuffle=False)
+    tf.profiler.experimental.stop()
+    events, _ = profile_step._xplane_events(logdir)
+    totals = collections.Counter()
+    for name, _, seconds, thread in events:
+        if thread == "python" or any(name.lower().startswith(k)
+                                     for k in profile_step.FRAMEWORK):
+            continue
+        totals[name.split(":")[0]] += seconds / steps
+    return totals.most_common(15)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    recipe_args = QUICKSTART
+    if "--" in argv:
+        i = argv.index("--")
+        argv, recipe_args = argv[:i], QUICKSTART + argv[i + 1:]
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=None,
+                   help="the bundled data set's folder (default: generate one)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--profile", action="store_true",
+                   help="also list the top ops (TensorFlow only)")
+    args = p.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1:
+        p.error("--warmup and --steps must be at least 1")
+
+    import keras
+
+    if args.profile and keras.config.backend() != "tensorflow":
+        p.error("--profile needs KERAS_BACKEND=tensorflow")
+    work = tempfile.mkdtemp(prefix="pretraining_step_")
+    data = args.data
+    if data is None:
+        from keras_interbert.data.synthetic import write_dataset
+
+        data = os.path.join(work, "data")
+        write_dataset(data, num_images=1000, seed=0, feature_dim=256,
+                      languages=("en",), save_images=False, progress=False)
+    elif not os.path.isdir(data):
+        p.error(f"--data {data}: no such folder")
+
+    import pretrain
+
+    fit = keras.Model.fit
+    result = {}
+
+    def intercept(model, dataset, *unused, **kwargs):
+        result.update(measure(model, dataset, args.steps, args.warmup,
+                              args.profile, fit))
+        raise _Measured()
+
+    keras.Model.fit = intercept
+    try:
+        pretrain.main(["--out", os.path.join(work, "run"), "--data", data]
+                      + recipe_args)
+    except _Measured:
+        pass
+    finally:
+        keras.Model.fit = fit
+    print(f"backend {keras.config.backend()}; recipe arguments: "
+          f"{' '.join(recipe_args)}")
+    print(f"input pipeline alone: {result['pipeline_ms_per_batch']:.1f} ms "
+          "per batch")
+    print(f"step on a fixed batch: {result['step_ms']:.0f} ms (mean of "
+          f"{result['steps']} steps after {args.warmup})")
+    for name, seconds in result.get("top_ops", []):
+        print(f"  {1000 * seconds:8.1f} ms/step  {name}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
