@@ -464,14 +464,13 @@ def _original_matching(args, modules, optimization, bert_config, fields):
 
 # === Ours (child process) ===
 
-def our_batches(batch_size, config):
-    """`{heads: (x, y)}` for the `targets` and `dense` steps, numpy."""
+def _backbone_inputs(batch):
+    """Our backbone's six inputs for a `benchmark_batch` (no padding)."""
     import numpy as np
 
-    B, T, S = batch_size, TEXT_LEN, SLOTS
-    batch = benchmark_batch(B, config["vocabulary_size"],
-                            config["image_feature_dim"])
-    x = {
+    B, T = batch["token_ids"].shape
+    S = batch["region_features"].shape[1]
+    return {
         "token_ids": batch["token_ids"],
         "segment_ids": np.zeros((B, T), "int32"),
         "text_mask": np.ones((B, T), "int32"),
@@ -479,6 +478,16 @@ def our_batches(batch_size, config):
         "region_locations": batch["region_locations"],
         "region_mask": np.ones((B, S), "int32"),
     }
+
+
+def our_batches(batch_size, config):
+    """`{heads: (x, y)}` for the `targets` and `dense` steps, numpy."""
+    import numpy as np
+
+    B, T, S = batch_size, TEXT_LEN, SLOTS
+    batch = benchmark_batch(B, config["vocabulary_size"],
+                            config["image_feature_dim"])
+    x = _backbone_inputs(batch)
     msm_weights = np.zeros((B, T), "float32")
     msm_weights[:, MSM_TARGETS] = 1
     mrm_weights = np.zeros((B, S), "float32")
@@ -574,21 +583,9 @@ def ours_worker(args):
 
 def _matching_inputs(batch_size, config, task):
     """`(x, labels)` of `retrieval`/`scoring` for our models, numpy."""
-    import numpy as np
-
-    B = batch_size
-    T, S = TASK_SHAPES[task]
-    batch = benchmark_batch(B, config["vocabulary_size"],
+    batch = benchmark_batch(batch_size, config["vocabulary_size"],
                             config["image_feature_dim"], task=task)
-    x = {
-        "token_ids": batch["token_ids"],
-        "segment_ids": np.zeros((B, T), "int32"),
-        "text_mask": np.ones((B, T), "int32"),
-        "region_features": batch["region_features"],
-        "region_locations": batch["region_locations"],
-        "region_mask": np.ones((B, S), "int32"),
-    }
-    return x, batch["itm_labels"]
+    return _backbone_inputs(batch), batch["itm_labels"]
 
 
 def _ours_matching(args, config):

@@ -18,9 +18,9 @@ from conftest import TINY_BACKBONE
 from conftest import random_backbone_inputs
 
 
-def _benchmark_module():
-    path = os.path.join(REPO_ROOT, "benchmarks", "training_throughput.py")
-    spec = importlib.util.spec_from_file_location("training_throughput", path)
+def _benchmark_module(name="training_throughput"):
+    path = os.path.join(REPO_ROOT, "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -188,14 +188,6 @@ def test_retrieval_batch_must_hold_whole_captions(capsys):
     assert "multiple of 4" in capsys.readouterr().err
 
 
-def _pretraining_step_module():
-    path = os.path.join(REPO_ROOT, "benchmarks", "pretraining_step.py")
-    spec = importlib.util.spec_from_file_location("pretraining_step", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.one_session
 def test_pretraining_step_benchmark_times_the_recipes_step(tmp_path):
     """benchmarks/pretraining_step.py stops the pretraining recipe at `fit`,
@@ -206,7 +198,7 @@ def test_pretraining_step_benchmark_times_the_recipes_step(tmp_path):
     write_dataset(data, num_images=24, seed=0, feature_dim=16,
                   languages=("en",), save_images=False, progress=False)
     fit = keras.Model.fit
-    bench = _pretraining_step_module()
+    bench = _benchmark_module("pretraining_step")
     result = bench.main(["--data", data, "--steps", "2", "--warmup", "1",
                          "--", "--preset", "interbert_tiny_en",
                          "--batch-size", "4", "--max-regions", "4"])
