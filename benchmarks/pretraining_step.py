@@ -78,12 +78,12 @@ def profile_ops(model, dataset, fit, steps=5):
 
     import profile_step
 
-    logdir = tempfile.mkdtemp(prefix="pretraining_step_")
-    tf.profiler.experimental.start(logdir)
-    fit(model, dataset, epochs=1, steps_per_epoch=steps, verbose=0,
-        shuffle=False)
-    tf.profiler.experimental.stop()
-    events, _ = profile_step._xplane_events(logdir)
+    with tempfile.TemporaryDirectory(prefix="pretraining_step_") as logdir:
+        tf.profiler.experimental.start(logdir)
+        fit(model, dataset, epochs=1, steps_per_epoch=steps, verbose=0,
+            shuffle=False)
+        tf.profiler.experimental.stop()
+        events, _ = profile_step._xplane_events(logdir)
     totals = collections.Counter()
     for name, _, seconds, thread in events:
         if thread == "python" or any(name.lower().startswith(k)
@@ -114,7 +114,28 @@ def main(argv=None):
 
     if args.profile and keras.config.backend() != "tensorflow":
         p.error("--profile needs KERAS_BACKEND=tensorflow")
-    work = tempfile.mkdtemp(prefix="pretraining_step_")
+    if args.data is not None and not os.path.isdir(args.data):
+        p.error(f"--data {args.data}: no such folder")
+    with tempfile.TemporaryDirectory(prefix="pretraining_step_") as work:
+        result = _run_recipe(args, recipe_args, work)
+    if not result:
+        raise SystemExit("the pretraining recipe ended before calling fit; "
+                         "nothing was measured.")
+    print(f"backend {keras.config.backend()}; recipe arguments: "
+          f"{' '.join(recipe_args)}")
+    print(f"input pipeline alone: {result['pipeline_ms_per_batch']:.1f} ms "
+          "per batch")
+    print(f"step on a fixed batch: {result['step_ms']:.0f} ms (mean of "
+          f"{result['steps']} steps after {args.warmup})")
+    for name, seconds in result.get("top_ops", []):
+        print(f"  {1000 * seconds:8.1f} ms/step  {name}")
+    return result
+
+
+def _run_recipe(args, recipe_args, work):
+    """Runs recipes/pretrain.py in `work` up to `fit`; the measurements."""
+    import keras
+
     data = args.data
     if data is None:
         from keras_interbert.data.synthetic import write_dataset
@@ -122,8 +143,6 @@ def main(argv=None):
         data = os.path.join(work, "data")
         write_dataset(data, num_images=1000, seed=0, feature_dim=256,
                       languages=("en",), save_images=False, progress=False)
-    elif not os.path.isdir(data):
-        p.error(f"--data {data}: no such folder")
 
     import pretrain
 
@@ -143,14 +162,6 @@ def main(argv=None):
         pass
     finally:
         keras.Model.fit = fit
-    print(f"backend {keras.config.backend()}; recipe arguments: "
-          f"{' '.join(recipe_args)}")
-    print(f"input pipeline alone: {result['pipeline_ms_per_batch']:.1f} ms "
-          "per batch")
-    print(f"step on a fixed batch: {result['step_ms']:.0f} ms (mean of "
-          f"{result['steps']} steps after {args.warmup})")
-    for name, seconds in result.get("top_ops", []):
-        print(f"  {1000 * seconds:8.1f} ms/step  {name}")
     return result
 
 

@@ -314,7 +314,6 @@ def _import_original(directory):
 
 
 def original_worker(args):
-    import numpy as np
     import torch
 
     from keras_interbert.presets import preset_backbone_config
@@ -525,8 +524,6 @@ def our_batches(batch_size, config):
 
 def ours_worker(args):
     import keras
-    import numpy as np
-    import tensorflow as tf
 
     from keras_interbert import InterBERTBackbone
     from keras_interbert import InterBERTPretrainer
@@ -544,30 +541,13 @@ def ours_worker(args):
                   jit_compile=args.jit == "true")
     B = args.batch_size
 
-    class Timer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.times = []
-            self.cpu = []
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.times.append(time.perf_counter())
-            self.cpu.append(_cpu_seconds())
-
     ops = keras.ops
     matmul = _Matmul(ops.matmul, ops.convert_to_tensor)
     peaks = [matmul_peak(matmul, ops.convert_to_numpy)]
     results = []
     for heads in args.heads:
         x, y = our_batches(B, config)[heads]
-        ds = tf.data.Dataset.from_tensors((x, y)).repeat()
-        timer = Timer()
-        start = time.perf_counter()
-        model.fit(ds, steps_per_epoch=args.warmup + args.steps, epochs=1,
-                  verbose=0, shuffle=False, callbacks=[timer])
-        first = timer.times[0] - start
-        times = list(np.diff(np.array(timer.times[args.warmup - 1:])))
-        cpu = timer.cpu[-1] - timer.cpu[args.warmup - 1]
+        first, times, cpu = _time_fit(model, x, y, args)
         results.append({
             "side": args.variant, "task": "pretraining", "heads": heads,
             "dtype": args.dtype,
@@ -579,6 +559,28 @@ def ours_worker(args):
     for r in results:
         r["peak_gflops"] = max(peaks) / 1e9
     return results
+
+
+def _time_fit(model, x, y, args):
+    """`(first step s, timed step times, their CPU s)` of `model.fit` on
+    the batch `(x, y)` repeated, `args.warmup` steps then `args.steps`."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    marks = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            marks.append((time.perf_counter(), _cpu_seconds()))
+
+    ds = tf.data.Dataset.from_tensors((x, y)).repeat()
+    start = time.perf_counter()
+    model.fit(ds, steps_per_epoch=args.warmup + args.steps, epochs=1,
+              verbose=0, shuffle=False, callbacks=[Timer()])
+    times = list(np.diff([t for t, _ in marks[args.warmup - 1:]]))
+    cpu = marks[-1][1] - marks[args.warmup - 1][1]
+    return marks[0][0] - start, times, cpu
 
 
 def _matching_inputs(batch_size, config, task):
@@ -599,8 +601,6 @@ def _ours_matching(args, config):
     the match probability of every pair, as `score_grid` runs it.
     """
     import keras
-    import numpy as np
-    import tensorflow as tf
 
     from keras_interbert import InterBERTBackbone
     from keras_interbert import InterBERTRetriever
@@ -612,26 +612,14 @@ def _ours_matching(args, config):
     ops = keras.ops
     matmul = _Matmul(ops.matmul, ops.convert_to_tensor)
     peaks = [matmul_peak(matmul, ops.convert_to_numpy)]
-    times, cpu = [], None
-    start = time.perf_counter()
     if args.task == "retrieval":
         model.compile(optimizer=finetuning_optimizer(),
                       jit_compile=args.jit == "true")
-        ds = tf.data.Dataset.from_tensors((x, labels)).repeat()
-        marks = []
-
-        class Timer(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                marks.append((time.perf_counter(), _cpu_seconds()))
-
-        model.fit(ds, steps_per_epoch=args.warmup + args.steps, epochs=1,
-                  verbose=0, shuffle=False, callbacks=[Timer()])
-        first = marks[0][0] - start
-        times = list(np.diff([t for t, _ in marks[args.warmup - 1:]]))
-        cpu = marks[-1][1] - marks[args.warmup - 1][1]
+        first, times, cpu = _time_fit(model, x, labels, args)
     else:
         scorer = keras.Model(model.input, model.output["itm_logits"])
         scorer.jit_compile = args.jit == "true"
+        times, start = [], time.perf_counter()
         for i in range(args.warmup + args.steps):
             if i == args.warmup:
                 cpu = _cpu_seconds()
