@@ -16,6 +16,11 @@ from keras_interbert.models import ModelLoadError
 from keras_interbert.models import load_interbert
 from keras_interbert.models.pretraining_objective import PretrainingObjective
 from keras_interbert import evaluation
+# Registers the tokenizer and the preprocessors with Keras' serialization:
+# a `.keras` file written by a recipe carries its preprocessor, and loading
+# it (`load_interbert`, `keras.saving.load_model`) in a fresh process needs
+# their classes registered.
+from keras_interbert import preprocessing
 from keras_interbert import optimizers
 from keras_interbert import training
 from keras_interbert.presets import list_presets

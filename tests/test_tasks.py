@@ -122,7 +122,11 @@ def test_pretrain_save_load_finetune_save_load_across_processes(
     for name in ("pretrained.keras", "pretrained.saved.npz"):
         shutil.copy(saved_by_other_backend / name, out)
     task_round_trip.main("finetune", out)
-    run_stage(BACKEND, "predict", out, "finetuned")
+    stdout = run_stage(BACKEND, "predict", out, "finetuned")
+    # Two epochs of two batches; the preprocessor's class found in a
+    # process that imported only keras_interbert.
+    assert ("preprocessor InterBERTRetrieverPreprocessor optimizer "
+            "iterations 4") in stdout, stdout
 
     def load(name):
         with np.load(os.path.join(out, name)) as data:

@@ -208,6 +208,30 @@ class BackboneTask(FunctionalBase):
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
                         **kwargs)
 
+    def _compile_extras(self):
+        """The task's own `compile` arguments, saved with the compile
+        config (none by default)."""
+        return {}
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config:
+            config.update(self._compile_extras())
+        return config
+
+    def compile_from_config(self, config):
+        """Compiles a loaded model as it was saved, with its task's own
+        arguments (Keras' version skips models whose `compile` is
+        overridden, with a warning, and then leaves the optimizer's state
+        unread). `jit_compile` is not carried over: it is a choice for the
+        machine and backend that trained (XLA under TensorFlow on a CPU,
+        say), not for the one that loads, which gets its default."""
+        config = keras.saving.deserialize_keras_object(config)
+        config.pop("jit_compile", None)
+        self.compile(**config)
+        if self.optimizer is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def get_config(self):
         config = {
             "name": self.name,

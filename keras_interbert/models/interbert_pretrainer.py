@@ -228,18 +228,9 @@ class InterBERTPretrainer(BackboneTask):
         self._freeze_unused_variables(objective.tasks)
         super().compile(optimizer=optimizer, **kwargs)
 
-    def get_compile_config(self):
-        config = super().get_compile_config()
-        if config:
-            config.update({f"{task}_weight": weight
-                           for task, weight in self._objective.weights.items()})
-        return config
-
-    def compile_from_config(self, config):
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
-        if self.optimizer is not None and self.built:
-            self.optimizer.build(self.trainable_variables)
+    def _compile_extras(self):
+        return {f"{task}_weight": weight
+                for task, weight in self._objective.weights.items()}
 
     @property
     def task_weights(self):

@@ -196,6 +196,11 @@ class InterBERTRetriever(BackboneTask):
         return keras.ops.convert_to_numpy(
             ops.softmax(logits["itm_logits"], axis=-1)[:, 0])
 
+    def _compile_extras(self):
+        return {"itc_weight": getattr(self, "_itc_weight", 0.0),
+                "pairs_per_caption": getattr(self, "_pairs_per_caption", 4),
+                "ranking_weight": getattr(self, "_ranking_weight", 0.0)}
+
     def _task_config(self):
         config = {"itm_dropout": self.itm_dropout}
         if self.itc_head is not None:

@@ -67,7 +67,18 @@ def main(stage, out, name=None):
         pretrainer = keras_interbert.load_interbert(path)
         np.savez(os.path.join(out, "pretrained.loaded.npz"),
                  **outputs(pretrainer, x))
-        retriever = keras_interbert.InterBERTRetriever.from_pretrained(path)
+        # With a preprocessor: the fresh process of the "predict" stage
+        # must find its class registered by `import keras_interbert` alone.
+        from keras_interbert.preprocessing import InterBERTRetrieverPreprocessor
+        from keras_interbert.preprocessing import InterBERTTokenizer
+
+        vocabulary = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                      + [f"w{i}" for i in range(TINY_BACKBONE["vocabulary_size"] - 5)])
+        preprocessor = InterBERTRetrieverPreprocessor(
+            InterBERTTokenizer(vocabulary=vocabulary), sequence_length=7,
+            max_regions=4)
+        retriever = keras_interbert.InterBERTRetriever.from_pretrained(
+            path, preprocessor=preprocessor)
         before = [np.array(v) for v in retriever.trainable_weights]
         retriever.compile(optimizer=keras.optimizers.Adam(1e-3))
         retriever.fit(x, y["itm_labels"], epochs=2, batch_size=4, verbose=0)
@@ -79,9 +90,18 @@ def main(stage, out, name=None):
         assert not unchanged, f"finetuning left {unchanged} unchanged"
         save(retriever, out, "finetuned", x)
     elif stage == "predict":
-        model = keras_interbert.load_interbert(os.path.join(out,
-                                                            f"{name}.keras"))
+        path = os.path.join(out, f"{name}.keras")
+        model = keras_interbert.load_interbert(path)
         np.savez(os.path.join(out, f"{name}.loaded.npz"), **outputs(model, x))
+        # keras.saving itself, with the training state: the task's compile
+        # arguments and the optimizer's step come back, without a warning.
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model = keras.saving.load_model(path)
+        print("preprocessor", type(model.preprocessor).__name__,
+              "optimizer iterations", int(model.optimizer.iterations))
     print("backend", keras.config.backend(), "stage", stage, "done")
 
 
