@@ -1,7 +1,9 @@
-"""The quickstart's pretraining step on its own: time per step, and its ops.
+"""The quickstart's training steps on their own: time per step, and ops.
 
-Runs `recipes/pretrain.py` with the arguments given after `--` (by default
-the quickstart's improved recipe on the bundled data) up to the point where
+Runs `recipes/pretrain.py` (or, with `--recipe finetune_retrieval`,
+`recipes/finetune_retrieval.py` from the preset's random weights) with the
+quickstart's arguments plus those given after `--` (by default the
+quickstart's improved recipe on the bundled data) up to the point where
 the recipe calls `fit`, and there, instead of training, times the step the
 recipe built: its model, optimizer and losses on the first batch of its own
 pipeline, repeated (so the input pipeline is out of the figure; it is timed
@@ -15,6 +17,9 @@ summed over its threads).
     # the same step without the masked-segment task:
     KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/pretraining_step.py \\
         --data runs/quickstart/bundled-data-1000-d256 -- --msm-weight 0
+    # the retrieval finetuning step (128 pairs):
+    KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/pretraining_step.py \
+        --recipe finetune_retrieval --data runs/quickstart/bundled-data-1000-d256
 
 `--data` is a folder of the bundled data set (`make quickstart` writes one);
 without it, a 1,000-image set with 256-d features is generated in a
@@ -31,15 +36,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "recipes"))
 sys.path.insert(0, HERE)
 
-# The quickstart's pretraining arguments (recipes/quickstart.py, recipe
-# "improved", English).
-QUICKSTART = ["--language", "en", "--max-regions", "8",
+# The quickstart's arguments (recipes/quickstart.py, recipe "improved",
+# English) for each recipe this script can time.
+QUICKSTART = {}
+QUICKSTART["pretrain"] = ["--language", "en", "--max-regions", "8",
               "--preset", "interbert_mini_en", "--steps", "300",
               "--steps-per-epoch", "50", "--batch-size", "64",
               "--learning-rate", "0.001", "--validation-steps", "4",
               "--seed", "42", "--verbose", "0", "--itc-weight", "1",
               "--pooling", "mean", "--itm-initializer", "zeros",
               "--head-learning-rate-multiplier", "20", "--dropout", "0"]
+# Finetuning starts from the preset's random weights: the step's cost does
+# not depend on them.
+QUICKSTART["finetune_retrieval"] = [
+    "--init", "interbert_mini_en", "--language", "en", "--max-regions", "8",
+    "--epochs", "12", "--steps-per-epoch", "100", "--batch-size", "32",
+    "--learning-rate", "0.0005", "--decay-epochs", "10", "--seed", "42",
+    "--verbose", "0", "--itc-weight", "0.1", "--no-eval"]
 
 
 class _Measured(Exception):
@@ -95,11 +108,14 @@ def profile_ops(model, dataset, fit, steps=5):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    recipe_args = QUICKSTART
+    extra = []
     if "--" in argv:
         i = argv.index("--")
-        argv, recipe_args = argv[:i], QUICKSTART + argv[i + 1:]
+        argv, extra = argv[:i], argv[i + 1:]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", choices=tuple(QUICKSTART), default="pretrain",
+                   help="recipes/pretrain.py (default) or "
+                   "recipes/finetune_retrieval.py")
     p.add_argument("--data", default=None,
                    help="the bundled data set's folder (default: generate one)")
     p.add_argument("--steps", type=int, default=30)
@@ -109,6 +125,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         p.error("--warmup and --steps must be at least 1")
+    recipe_args = QUICKSTART[args.recipe] + extra
 
     import keras
 
@@ -119,10 +136,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="pretraining_step_") as work:
         result = _run_recipe(args, recipe_args, work)
     if not result:
-        raise SystemExit("the pretraining recipe ended before calling fit; "
-                         "nothing was measured.")
-    print(f"backend {keras.config.backend()}; recipe arguments: "
-          f"{' '.join(recipe_args)}")
+        raise SystemExit(f"recipes/{args.recipe}.py ended before calling "
+                         "fit; nothing was measured.")
+    print(f"backend {keras.config.backend()}; recipes/{args.recipe}.py "
+          f"arguments: {' '.join(recipe_args)}")
     print(f"input pipeline alone: {result['pipeline_ms_per_batch']:.1f} ms "
           "per batch")
     print(f"step on a fixed batch: {result['step_ms']:.0f} ms (mean of "
@@ -133,7 +150,7 @@ def main(argv=None):
 
 
 def _run_recipe(args, recipe_args, work):
-    """Runs recipes/pretrain.py in `work` up to `fit`; the measurements."""
+    """Runs the recipe in `work` up to `fit`; the measurements."""
     import keras
 
     data = args.data
@@ -144,8 +161,9 @@ def _run_recipe(args, recipe_args, work):
         write_dataset(data, num_images=1000, seed=0, feature_dim=256,
                       languages=("en",), save_images=False, progress=False)
 
-    import pretrain
+    import importlib
 
+    recipe = importlib.import_module(args.recipe)
     fit = keras.Model.fit
     result = {}
 
@@ -156,8 +174,8 @@ def _run_recipe(args, recipe_args, work):
 
     keras.Model.fit = intercept
     try:
-        pretrain.main(["--out", os.path.join(work, "run"), "--data", data]
-                      + recipe_args)
+        recipe.main(["--out", os.path.join(work, "run"), "--data", data]
+                    + recipe_args)
     except _Measured:
         pass
     finally:

@@ -87,6 +87,14 @@ def parse_args(argv=None):
     train.add_argument("--ema-momentum", type=float, default=None,
                        help="Keep and evaluate an EMA of the weights (the "
                        "paper: 0.9999; only for runs of many thousand steps).")
+    train.add_argument("--jit-compile", default="auto",
+                       choices=("auto", "true", "false"),
+                       help="passed to compile for the train step (the "
+                       "evaluation scores with its own model, without XLA "
+                       "on TensorFlow). Under TensorFlow on CPU, `true` "
+                       "compiles the step with XLA: the quickstart's step "
+                       "of 128 pairs costs about a quarter less after about "
+                       "15 s of compilation (docs/benchmarks.md).")
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--verbose", type=int, default=1)
     train.add_argument("--crash-after-steps", type=int, default=None,
@@ -177,7 +185,9 @@ def main(argv=None):
         warmup_fraction=args.warmup_fraction, steps_per_epoch=steps,
         decay_epochs=decay, weight_decay=args.weight_decay,
         ema_momentum=args.ema_momentum), itc_weight=args.itc_weight,
-        ranking_weight=args.ranking_weight)
+        ranking_weight=args.ranking_weight,
+        jit_compile={"auto": "auto", "true": True,
+                     "false": False}[args.jit_compile])
     if args.ema_momentum and args.ema_momentum ** total > 0.5:
         print(f"warning: EMA momentum {args.ema_momentum} over {total} steps "
               f"keeps {args.ema_momentum ** total:.0%} of the initial weights "

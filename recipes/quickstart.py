@@ -137,7 +137,19 @@ def finetune_argv(args, init, data, out, seed):
         "--max-regions", str(args.max_regions),
         "--learning-rate", str(args.finetune_learning_rate),
         "--decay-epochs", args.finetune_decay_epochs, "--seed", str(seed),
-        "--verbose", "2"] + RECIPES[args.recipe]["finetune"]
+        "--verbose", "2"] + _xla_on_tensorflow() + RECIPES[args.recipe][
+            "finetune"]
+
+
+def _xla_on_tensorflow():
+    """`--jit-compile true` under TensorFlow: the finetuning step has fixed
+    shapes, and with XLA the mini preset's step of 128 pairs costs about a
+    fifth less after some 10 s of compilation (docs/benchmarks.md). JAX
+    compiles anyway; PyTorch keeps its default."""
+    import keras
+
+    return (["--jit-compile", "true"]
+            if keras.config.backend() == "tensorflow" else [])
 
 
 def _t2i(report):
