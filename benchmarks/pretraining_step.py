@@ -1,7 +1,8 @@
 """The quickstart's training steps on their own: time per step, and ops.
 
 Runs `recipes/pretrain.py` (or, with `--recipe finetune_retrieval`,
-`recipes/finetune_retrieval.py` from the preset's random weights) with the
+`recipes/finetune_retrieval.py`, whose `--init` goes after `--`: a
+pretrained `.keras` file for the data's feature width) with the
 quickstart's arguments plus those given after `--` (by default the
 quickstart's improved recipe on the bundled data) up to the point where
 the recipe calls `fit`, and there, instead of training, times the step the
@@ -46,10 +47,10 @@ QUICKSTART["pretrain"] = ["--language", "en", "--max-regions", "8",
               "--seed", "42", "--verbose", "0", "--itc-weight", "1",
               "--pooling", "mean", "--itm-initializer", "zeros",
               "--head-learning-rate-multiplier", "20", "--dropout", "0"]
-# Finetuning starts from the preset's random weights: the step's cost does
-# not depend on them.
+# Finetuning needs `--init` after `--` (a pretrained file whose feature
+# width matches the data; the step's cost does not depend on its weights).
 QUICKSTART["finetune_retrieval"] = [
-    "--init", "interbert_mini_en", "--language", "en", "--max-regions", "8",
+    "--language", "en", "--max-regions", "8",
     "--epochs", "12", "--steps-per-epoch", "100", "--batch-size", "32",
     "--learning-rate", "0.0005", "--decay-epochs", "10", "--seed", "42",
     "--verbose", "0", "--itc-weight", "0.1", "--no-eval"]
@@ -126,6 +127,9 @@ def main(argv=None):
     if args.warmup < 1 or args.steps < 1:
         p.error("--warmup and --steps must be at least 1")
     recipe_args = QUICKSTART[args.recipe] + extra
+    if args.recipe == "finetune_retrieval" and "--init" not in extra:
+        p.error("--recipe finetune_retrieval needs `-- --init MODEL.keras` "
+                "(e.g. runs/quickstart/pretrain/pretrained.keras)")
 
     import keras
 

@@ -205,6 +205,25 @@ def test_pretraining_step_benchmark_times_the_recipes_step(tmp_path):
     assert keras.Model.fit is fit
     assert result["steps"] == 2 and result["step_ms"] > 0
     assert result["pipeline_ms_per_batch"] > 0
+
+    # The finetuning recipe's step, from a pretrained file of the data's
+    # feature width (without one, a clear error).
+    with pytest.raises(SystemExit):
+        bench.main(["--recipe", "finetune_retrieval", "--data", data])
+    from keras_interbert import InterBERTBackbone
+    from keras_interbert import InterBERTPretrainer
+    from keras_interbert.presets import preset_backbone_config
+
+    init = str(tmp_path / "pretrained.keras")
+    InterBERTPretrainer(InterBERTBackbone(**dict(
+        preset_backbone_config("interbert_tiny_en"), image_feature_dim=16)),
+        num_region_classes=49).save(init)
+    result = bench.main(["--recipe", "finetune_retrieval", "--data", data,
+                         "--steps", "2", "--warmup", "1", "--", "--init",
+                         init, "--batch-size", "2", "--max-regions", "4",
+                         "--itc-weight", "0"])
+    assert keras.Model.fit is fit
+    assert result["steps"] == 2 and result["step_ms"] > 0
     if BACKEND != "tensorflow":
         with pytest.raises(SystemExit):
             bench.main(["--data", data, "--profile"])
