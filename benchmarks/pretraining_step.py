@@ -18,9 +18,10 @@ summed over its threads).
     # the same step without the masked-segment task:
     KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/pretraining_step.py \\
         --data runs/quickstart/bundled-data-1000-d256 -- --msm-weight 0
-    # the retrieval finetuning step (128 pairs):
-    KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/pretraining_step.py \
-        --recipe finetune_retrieval --data runs/quickstart/bundled-data-1000-d256
+    # the retrieval finetuning step (128 pairs), with or without XLA:
+    KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/pretraining_step.py \\
+        --recipe finetune_retrieval --data runs/quickstart/bundled-data-1000-d256 \\
+        -- --init runs/quickstart/pretrain/pretrained.keras [--jit-compile true]
 
 `--data` is a folder of the bundled data set (`make quickstart` writes one);
 without it, a 1,000-image set with 256-d features is generated in a

@@ -93,8 +93,8 @@ def parse_args(argv=None):
                        "evaluation scores with its own model, without XLA "
                        "on TensorFlow). Under TensorFlow on CPU, `true` "
                        "compiles the step with XLA: the quickstart's step "
-                       "of 128 pairs costs about a quarter less after about "
-                       "15 s of compilation (docs/benchmarks.md).")
+                       "of 128 pairs costs about a fifth less after 7-10 s "
+                       "of compilation (docs/benchmarks.md).")
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--verbose", type=int, default=1)
     train.add_argument("--crash-after-steps", type=int, default=None,

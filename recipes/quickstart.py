@@ -144,7 +144,7 @@ def finetune_argv(args, init, data, out, seed):
 def _xla_on_tensorflow():
     """`--jit-compile true` under TensorFlow: the finetuning step has fixed
     shapes, and with XLA the mini preset's step of 128 pairs costs about a
-    fifth less after some 10 s of compilation (docs/benchmarks.md). JAX
+    fifth less after 7-10 s of compilation (docs/benchmarks.md). JAX
     compiles anyway; PyTorch keeps its default."""
     import keras
 

@@ -72,8 +72,9 @@ def main(stage, out, name=None):
         from keras_interbert.preprocessing import InterBERTRetrieverPreprocessor
         from keras_interbert.preprocessing import InterBERTTokenizer
 
+        size = TINY_BACKBONE["vocabulary_size"]
         vocabulary = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-                      + [f"w{i}" for i in range(TINY_BACKBONE["vocabulary_size"] - 5)])
+                      + [f"w{i}" for i in range(size - 5)])
         preprocessor = InterBERTRetrieverPreprocessor(
             InterBERTTokenizer(vocabulary=vocabulary), sequence_length=7,
             max_regions=4)
