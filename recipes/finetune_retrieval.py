@@ -38,6 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def parse_args(argv=None):
+    from keras_interbert.utils.cli import add_jit_compile_argument
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="Run directory.")
     p.add_argument("--init", required=True,
@@ -87,14 +89,12 @@ def parse_args(argv=None):
     train.add_argument("--ema-momentum", type=float, default=None,
                        help="Keep and evaluate an EMA of the weights (the "
                        "paper: 0.9999; only for runs of many thousand steps).")
-    train.add_argument("--jit-compile", default="auto",
-                       choices=("auto", "true", "false"),
-                       help="passed to compile for the train step (the "
-                       "evaluation scores with its own model, without XLA "
-                       "on TensorFlow). Under TensorFlow on CPU, `true` "
-                       "compiles the step with XLA: the quickstart's step "
-                       "of 128 pairs costs about a fifth less after 7-10 s "
-                       "of compilation (docs/benchmarks.md).")
+    add_jit_compile_argument(
+        train, help="passed to compile for the train step (the evaluation "
+        "scores with its own model, without XLA on TensorFlow). Under "
+        "TensorFlow on CPU, `true` compiles the step with XLA: the "
+        "quickstart's step of 128 pairs costs about a fifth less after 7-10 s "
+        "of compilation (docs/benchmarks.md).")
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--verbose", type=int, default=1)
     train.add_argument("--crash-after-steps", type=int, default=None,
@@ -180,14 +180,15 @@ def main(argv=None):
     train = retrieval_training_dataset(table, captions, tokenizer, config,
                                        hard_negatives=hard_negatives,
                                        split="train")
+    from keras_interbert.utils.cli import JIT_COMPILE
+
     retriever.compile(optimizer=finetuning_optimizer(
         total_steps=total, learning_rate=args.learning_rate,
         warmup_fraction=args.warmup_fraction, steps_per_epoch=steps,
         decay_epochs=decay, weight_decay=args.weight_decay,
         ema_momentum=args.ema_momentum), itc_weight=args.itc_weight,
         ranking_weight=args.ranking_weight,
-        jit_compile={"auto": "auto", "true": True,
-                     "false": False}[args.jit_compile])
+        jit_compile=JIT_COMPILE[args.jit_compile])
     if args.ema_momentum and args.ema_momentum ** total > 0.5:
         print(f"warning: EMA momentum {args.ema_momentum} over {total} steps "
               f"keeps {args.ema_momentum ** total:.0%} of the initial weights "

@@ -27,6 +27,8 @@ import time
 
 
 def parse_args(argv=None):
+    from keras_interbert.utils.cli import add_jit_compile_argument
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="Run directory.")
     data = p.add_argument_group("data")
@@ -116,8 +118,7 @@ def parse_args(argv=None):
                        choices=("none", "mirrored", "multi_worker", "jax_data_parallel"))
     train.add_argument("--mixed-precision", default="float32",
                        choices=("float32", "mixed_bfloat16", "mixed_float16"))
-    train.add_argument("--jit-compile", default="auto",
-                       help="auto, true or false (passed to compile).")
+    add_jit_compile_argument(train, "passed to compile.")
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--verbose", type=int, default=1)
     train.add_argument("--crash-after-steps", type=int, default=None,
@@ -310,7 +311,9 @@ def main(argv=None):
                 (pattern, args.head_learning_rate_multiplier)
                 for pattern in HEAD_PATTERNS
             ] if args.head_learning_rate_multiplier != 1.0 else [])
-        jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile.lower()]
+        from keras_interbert.utils.cli import JIT_COMPILE
+
+        jit = JIT_COMPILE[args.jit_compile]
         model.compile(optimizer=optimizer, msm_weight=args.msm_weight,
                       mrm_weight=mrm_weight, itm_weight=args.itm_weight,
                       itc_weight=args.itc_weight, jit_compile=jit)

@@ -32,3 +32,14 @@ def run_main(main, argv=None, prog=None):
     if isinstance(result, bool):
         return 0 if result else 1
     return result if isinstance(result, int) else 0
+
+
+# `--jit-compile` of the training recipes: the value `compile` takes.
+JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
+
+
+def add_jit_compile_argument(group, help):
+    """`--jit-compile auto|true|false` (any case) on an argparse group;
+    `JIT_COMPILE[args.jit_compile]` is what to pass to `compile`."""
+    group.add_argument("--jit-compile", default="auto", type=str.lower,
+                       choices=tuple(JIT_COMPILE), help=help)
