@@ -1,10 +1,10 @@
 """The quickstart's training steps on their own: time per step, and ops.
 
-Runs `recipes/pretrain.py` (or, with `--recipe finetune_retrieval`,
-`recipes/finetune_retrieval.py`, whose `--init` goes after `--`: a
-pretrained `.keras` file for the data's feature width) with the
-quickstart's arguments plus those given after `--` (by default the
-quickstart's improved recipe on the bundled data) up to the point where
+Runs `recipes/pretrain.py` (or, with `--recipe finetune_retrieval --init
+FILE`, `recipes/finetune_retrieval.py` from a pretrained `.keras` file of
+the data's feature width) with the arguments `recipes/quickstart.py` gives
+it (English, recipe "improved"; `quickstart.pretrain_argv` and
+`finetune_argv`), plus those given after `--`, up to the point where
 the recipe calls `fit`, and there, instead of training, times the step the
 recipe built: its model, optimizer and losses on the first batch of its own
 pipeline, repeated (so the input pipeline is out of the figure; it is timed
@@ -18,10 +18,11 @@ summed over its threads).
     # the same step without the masked-segment task:
     KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/pretraining_step.py \\
         --data runs/quickstart/bundled-data-1000-d256 -- --msm-weight 0
-    # the retrieval finetuning step (128 pairs), with or without XLA:
+    # the retrieval finetuning step (128 pairs; under XLA on TensorFlow, as
+    # the quickstart runs it, or without with `-- --jit-compile false`):
     KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/pretraining_step.py \\
         --recipe finetune_retrieval --data runs/quickstart/bundled-data-1000-d256 \\
-        -- --init runs/quickstart/pretrain/pretrained.keras [--jit-compile true]
+        --init runs/quickstart/pretrain/pretrained.keras
 
 `--data` is a folder of the bundled data set (`make quickstart` writes one);
 without it, a 1,000-image set with 256-d features is generated in a
@@ -37,25 +38,6 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "recipes"))
 sys.path.insert(0, HERE)
-
-# The quickstart's arguments (recipes/quickstart.py, recipe "improved",
-# English) for each recipe this script can time.
-QUICKSTART = {}
-QUICKSTART["pretrain"] = ["--language", "en", "--max-regions", "8",
-              "--preset", "interbert_mini_en", "--steps", "300",
-              "--steps-per-epoch", "50", "--batch-size", "64",
-              "--learning-rate", "0.001", "--validation-steps", "4",
-              "--seed", "42", "--verbose", "0", "--itc-weight", "1",
-              "--pooling", "mean", "--itm-initializer", "zeros",
-              "--head-learning-rate-multiplier", "20", "--dropout", "0"]
-# Finetuning needs `--init` after `--` (a pretrained file whose feature
-# width matches the data; the step's cost does not depend on its weights).
-QUICKSTART["finetune_retrieval"] = [
-    "--language", "en", "--max-regions", "8",
-    "--epochs", "12", "--steps-per-epoch", "100", "--batch-size", "32",
-    "--learning-rate", "0.0005", "--decay-epochs", "10", "--seed", "42",
-    "--verbose", "0", "--itc-weight", "0.1", "--no-eval"]
-
 
 class _Measured(Exception):
     """Ends the recipe once the step has been measured."""
@@ -115,11 +97,14 @@ def main(argv=None):
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", choices=tuple(QUICKSTART), default="pretrain",
-                   help="recipes/pretrain.py (default) or "
+    p.add_argument("--recipe", choices=("pretrain", "finetune_retrieval"),
+                   default="pretrain", help="recipes/pretrain.py (default) or "
                    "recipes/finetune_retrieval.py")
     p.add_argument("--data", default=None,
                    help="the bundled data set's folder (default: generate one)")
+    p.add_argument("--init", default=None,
+                   help="finetuning only: the pretrained .keras file to start "
+                   "from (e.g. runs/quickstart/pretrain/pretrained.keras)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--profile", action="store_true",
@@ -127,10 +112,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         p.error("--warmup and --steps must be at least 1")
-    recipe_args = QUICKSTART[args.recipe] + extra
-    if args.recipe == "finetune_retrieval" and "--init" not in extra:
-        p.error("--recipe finetune_retrieval needs `-- --init MODEL.keras` "
-                "(e.g. runs/quickstart/pretrain/pretrained.keras)")
+    if (args.recipe == "finetune_retrieval") != (args.init is not None):
+        p.error("--init MODEL.keras is needed with --recipe "
+                "finetune_retrieval, and only there")
 
     import keras
 
@@ -139,12 +123,12 @@ def main(argv=None):
     if args.data is not None and not os.path.isdir(args.data):
         p.error(f"--data {args.data}: no such folder")
     with tempfile.TemporaryDirectory(prefix="pretraining_step_") as work:
-        result = _run_recipe(args, recipe_args, work)
+        result = _run_recipe(args, extra, work)
     if not result:
         raise SystemExit(f"recipes/{args.recipe}.py ended before calling "
                          "fit; nothing was measured.")
     print(f"backend {keras.config.backend()}; recipes/{args.recipe}.py "
-          f"arguments: {' '.join(recipe_args)}")
+          f"arguments: {' '.join(result['argv'])}")
     print(f"input pipeline alone: {result['pipeline_ms_per_batch']:.1f} ms "
           "per batch")
     print(f"step on a fixed batch: {result['step_ms']:.0f} ms (mean of "
@@ -154,9 +138,11 @@ def main(argv=None):
     return result
 
 
-def _run_recipe(args, recipe_args, work):
-    """Runs the recipe in `work` up to `fit`; the measurements."""
+def _run_recipe(args, extra, work):
+    """Runs the recipe in `work` up to `fit`; the measurements and `argv`."""
     import keras
+
+    import quickstart
 
     data = args.data
     if data is None:
@@ -165,6 +151,13 @@ def _run_recipe(args, recipe_args, work):
         data = os.path.join(work, "data")
         write_dataset(data, num_images=1000, seed=0, feature_dim=256,
                       languages=("en",), save_images=False, progress=False)
+    settings, out = quickstart.parse_args([]), os.path.join(work, "run")
+    if args.recipe == "pretrain":
+        argv = quickstart.pretrain_argv(settings, out, 42, data=data)
+    else:
+        argv = quickstart.finetune_argv(settings, args.init, data, out,
+                                        42) + ["--no-eval"]
+    argv += ["--verbose", "0"] + extra
 
     import importlib
 
@@ -179,13 +172,12 @@ def _run_recipe(args, recipe_args, work):
 
     keras.Model.fit = intercept
     try:
-        recipe.main(["--out", os.path.join(work, "run"), "--data", data]
-                    + recipe_args)
+        recipe.main(argv)
     except _Measured:
         pass
     finally:
         keras.Model.fit = fit
-    return result
+    return dict(result, argv=argv) if result else result
 
 
 if __name__ == "__main__":

@@ -219,8 +219,8 @@ def test_pretraining_step_benchmark_times_the_recipes_step(tmp_path):
         preset_backbone_config("interbert_tiny_en"), image_feature_dim=16)),
         num_region_classes=49).save(init)
     result = bench.main(["--recipe", "finetune_retrieval", "--data", data,
-                         "--steps", "2", "--warmup", "1", "--", "--init",
-                         init, "--batch-size", "2", "--max-regions", "4",
+                         "--init", init, "--steps", "2", "--warmup", "1",
+                         "--", "--batch-size", "2", "--max-regions", "4",
                          "--itc-weight", "0"])
     assert keras.Model.fit is fit
     assert result["steps"] == 2 and result["step_ms"] > 0

@@ -197,9 +197,9 @@ class InterBERTRetriever(BackboneTask):
             ops.softmax(logits["itm_logits"], axis=-1)[:, 0])
 
     def _compile_extras(self):
-        return {"itc_weight": getattr(self, "_itc_weight", 0.0),
-                "pairs_per_caption": getattr(self, "_pairs_per_caption", 4),
-                "ranking_weight": getattr(self, "_ranking_weight", 0.0)}
+        return {"itc_weight": self._itc_weight,
+                "pairs_per_caption": self._pairs_per_caption,
+                "ranking_weight": self._ranking_weight}
 
     def _task_config(self):
         config = {"itm_dropout": self.itm_dropout}
