@@ -58,7 +58,8 @@ def parse_args(argv=None):
                    help="Finetuning steps (default: the recipe's).")
     p.add_argument("--finetune-steps-per-epoch", type=int, default=100)
     p.add_argument("--finetune-batch-size", type=int, default=32)
-    p.add_argument("--finetune-learning-rate", type=float, default=5e-4)
+    p.add_argument("--finetune-learning-rate", type=float, default=None,
+                   help="Default: the recipe's (quickstart.RECIPES).")
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
                    help="Variants by index: " + ", ".join(
@@ -77,6 +78,8 @@ def parse_args(argv=None):
     args.preset = f"{recipe['preset']}_{args.language}"
     args.pretrain_batch_size = recipe["batch_size"]
     args.pretrain_learning_rate = recipe["learning_rate"]
+    if args.finetune_learning_rate is None:
+        args.finetune_learning_rate = recipe["finetune_learning_rate"]
     args.finetune_epochs = max(
         1, (args.finetune_steps or recipe["finetune_steps"])
         // args.finetune_steps_per_epoch)

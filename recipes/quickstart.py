@@ -46,10 +46,13 @@ RECIPES = {
                      "--dropout", "0"],
         "finetune": ["--itc-weight", "0.1"],
         "learning_rate": 1e-3, "batch_size": 64, "finetune_steps": 1200,
+        # Chosen on the validation split (docs/results.md): 1e-3 against
+        # 5e-4 gained 2.1-5.9 points of text -> image R@1 in every seed tried.
+        "finetune_learning_rate": 1e-3,
     },
     "faithful": {"preset": "interbert_tiny", "pretrain": [], "finetune": [],
                  "learning_rate": 5e-4, "batch_size": 32,
-                 "finetune_steps": 1000},
+                 "finetune_steps": 1000, "finetune_learning_rate": 5e-4},
 }
 
 
@@ -81,7 +84,8 @@ def parse_args(argv=None):
     p.add_argument("--finetune-steps-per-epoch", type=int, default=100)
     p.add_argument("--finetune-batch-size", type=int, default=32,
                    help="Captions per step (four pairs each).")
-    p.add_argument("--finetune-learning-rate", type=float, default=5e-4)
+    p.add_argument("--finetune-learning-rate", type=float, default=None,
+                   help="Default: 1e-3 (improved), 5e-4 (faithful).")
     p.add_argument("--finetune-decay-epochs", default=None,
                    help="Comma-separated epochs after which the finetuning "
                    "learning rate is multiplied by 0.1 ('' for none; "
@@ -99,6 +103,8 @@ def parse_args(argv=None):
         args.pretrain_learning_rate = recipe["learning_rate"]
     if args.preset is None:
         args.preset = f"{recipe['preset']}_{args.language}"
+    if args.finetune_learning_rate is None:
+        args.finetune_learning_rate = recipe["finetune_learning_rate"]
     if args.finetune_epochs is None:
         args.finetune_epochs = max(1, recipe["finetune_steps"]
                                    // args.finetune_steps_per_epoch)

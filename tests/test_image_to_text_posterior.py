@@ -156,3 +156,27 @@ def test_every_generated_caption_is_true_of_its_own_scene():
     assert 0 < metrics["random_negatives_true"] < 0.5
     assert math.isclose(metrics["itm_accuracy"],
                         1 - metrics["random_negatives_true"] / 2)
+
+
+def test_score_fusion_ranks_by_the_sum_of_the_two_scores():
+    # benchmarks/score_fusion.py: matching log-odds, contrastive logits and
+    # their sum, each ranked on its own. Captions 0, 1, 2 are images 0, 1,
+    # 2's. By the matching score caption 1 ranks its image third (0.0 below
+    # 0.2 and 1.0); by the contrastive score caption 0 ranks its image third
+    # (0.0 below 1.5 and 0.2). The sum ranks every caption's image first:
+    # rows [2.0, 1.6, -0.8], [0.2, 2.0, 1.0], [-0.5, 0.3, 4.0].
+    import score_fusion
+
+    match = np.array([[2.0, 0.1, -1.0], [0.2, 0.0, 1.0], [-0.5, 0.3, 3.0]])
+    contrastive = np.array([[0.0, 1.5, 0.2], [0.0, 2.0, 0.0],
+                            [0.0, 0.0, 1.0]])
+    figures = score_fusion.fusion_metrics(match, contrastive, [0, 1, 2])
+    assert figures["matching t2i"] == 66.7
+    assert figures["contrastive t2i"] == 66.7
+    assert figures["sum t2i"] == 100.0
+    # Image -> text by the posterior: with a contrastive logit of 50 on the
+    # diagonal, each caption's mass sits on its own image, alone and summed.
+    diagonal = 50 * np.eye(3)
+    figures = score_fusion.fusion_metrics(match, diagonal, [0, 1, 2])
+    assert figures["contrastive i2t posterior"] == 100.0
+    assert figures["sum i2t posterior"] == 100.0
