@@ -6,22 +6,23 @@ quickstart's improved settings (MSM + MRM + ITM + image-text contrastive,
 mean pooling, zero-initialised matching classifier at 20x the rate, no
 dropout) for 300 steps of 64 pairs, evaluated
 zero-shot on the test split, finetuned with `recipes/finetune_retrieval.py`
-(1,000 steps of 32 captions, four pairs each, contrastive weight 0.1) and
-evaluated again. A dual encoder (`benchmarks/dual_encoder_baseline.py`) is
-trained in the same test on the same split for as many steps of as many
-captions as the finetuning (1,000 steps of 32 captions) and scored by the
-same code. (At the quickstart's scale, where the dual encoder gets 600 steps
-of 128 captions, the two are level: docs/results.md.)
+(600 steps of 32 captions, four pairs each, the quickstart's learning rate
+1e-3, contrastive weight 0.1) and evaluated again. A dual encoder
+(`benchmarks/dual_encoder_baseline.py`) is trained in the same test on the
+same split for as many steps of as many captions as the finetuning (600
+steps of 32 captions) and scored by the same code. (At the quickstart's
+scale, where the dual encoder gets 600 steps of 128 captions, the
+cross-encoder is 2.7-8.3 points above it: docs/results.md.)
 
 Asserted: held-out matching accuracy after pretraining, zero-shot text ->
 image R@1 at least 10x random ranking, finetuned R@1 (full cross-encoder)
-at least the dual encoder's less one point (numerical noise; measured 2.1
-points above, 1.2 at 305b2ca), and the two-stage mode within a point and a
-half of full scoring.
+at or above the dual encoder's (measured 7.7 points above), and the
+two-stage mode within a point and a half of full scoring.
 
-TensorFlow only: about seven minutes there on two CPU cores (9 minutes on
-2026-12-01 with another test session sharing the cores for half of it),
-several times that under JAX and PyTorch. The pieces the recipe adds are
+TensorFlow only: 402 s on an idle two-core machine (at the former 1,000
+finetuning steps at 5e-4, where the margin was 1.2-2.1 points, 9 minutes
+with another test session sharing the cores for half of it), several times
+that under JAX and PyTorch. The pieces the recipe adds are
 checked on every backend by `tests/test_contrastive.py`, and `fit` taking
 the same steps on every backend by `tests/test_cross_backend.py`.
 """
@@ -79,14 +80,14 @@ def test_improved_recipe_beats_a_dual_encoder(tmp_path):
 
     finetuned = finetune_retrieval.main(
         ["--init", pretrained["model"], "--out", str(tmp_path / "retrieval"),
-         "--epochs", "10", "--steps-per-epoch", "100", "--batch-size", "32",
-         "--learning-rate", "5e-4", "--decay-epochs", "8", "--itc-weight",
+         "--epochs", "6", "--steps-per-epoch", "100", "--batch-size", "32",
+         "--learning-rate", "1e-3", "--decay-epochs", "5", "--itc-weight",
          "0.1", "--verbose", "0", "--eval-split", "test",
          # As the quickstart finetunes under TensorFlow (about a fifth less
          # per step after 7-10 s of compilation).
          "--jit-compile", "true"] + common)["evaluation"]
     baseline = dual_encoder_baseline.train_and_evaluate(
-        data, "en", max_regions=8, steps=1000, batch_size=32, seed=42,
+        data, "en", max_regions=8, steps=600, batch_size=32, seed=42,
         progress=False)
 
     random_r1 = recall_at(zero_shot["random_baseline"]["text_to_image"], 1)
@@ -100,16 +101,13 @@ def test_improved_recipe_beats_a_dual_encoder(tmp_path):
           f"{baseline_r1:.1f}")
     assert finetuned["protocol"] == zero_shot["protocol"]
     assert finetuned["protocol"]["num_images"] == 100
-    # Measured on 2026-11-30 (TensorFlow, two cores): ITM accuracy 0.715,
-    # zero-shot R@1 28.3, finetuned 55.7 (two-stage 55.7), dual encoder
-    # 53.6; on 2026-12-01 at 305b2ca (the TensorFlow cross-entropy kernel,
-    # finetuning under XLA): 0.703, 27.7, 53.3 (53.3), 52.1 (margin +1.2).
-    # 512 held-out pairs: chance accuracy has a standard deviation of
-    # 0.022. 336 queries: one query is 0.3 points of R@1; the finetuned
-    # model must not fall more than a point (3 queries) below the dual
-    # encoder, numerical noise of a different CPU (measured margins +2.1
-    # and +1.2).
+    # Measured on 2026-12-01 at c041c58 (TensorFlow, two idle cores; 600
+    # finetuning steps at 1e-3, a dual encoder of 600 steps): ITM accuracy
+    # 0.703, zero-shot R@1 27.7, finetuned 56.8 (two-stage 56.8), dual
+    # encoder 49.1. Before, at 1,000 steps and 5e-4 on both sides: 53.3
+    # against 52.1. 512 held-out pairs: chance accuracy has a standard
+    # deviation of 0.022. 336 queries: one query is 0.3 points of R@1.
     assert itm_accuracy >= 0.65, itm_accuracy
     assert zero_r1 >= 10 * random_r1, (random_r1, zero_r1)
-    assert full_r1 >= baseline_r1 - 1.0, (full_r1, baseline_r1)
+    assert full_r1 >= baseline_r1, (full_r1, baseline_r1)
     assert abs(two_stage_r1 - full_r1) <= 1.5, (two_stage_r1, full_r1)
