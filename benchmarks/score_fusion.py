@@ -91,7 +91,8 @@ def run_metrics(run, language, split, max_regions):
                          f"{len(data)}.")
     model = load_interbert(os.path.join(run, "retrieval", "finetuned.keras"))
     if getattr(model, "itc_head", None) is None:
-        raise SystemExit(f"{run}: the finetuned model has no contrastive head.")
+        raise SystemExit(f"{run}: the finetuned model has no contrastive "
+                         "head.")
     tokenizer = InterBERTTokenizer.from_preset(f"interbert_base_{language}")
     evaluation = RetrievalEvaluationSet(
         os.path.join(data[0], "regions"),
@@ -125,15 +126,17 @@ def main(argv=None):
             results[f"{run} {split}"] = row = run_metrics(
                 run, args.language, split, args.max_regions)
             print(run, split, json.dumps(row), flush=True)
-    names = [k for k in next(iter(results.values())) if k != "contrastive_scale"]
+    names = [k for k in next(iter(results.values()))
+             if k != "contrastive_scale"]
     print()
     print("| run, split | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
     for key, row in results.items():
-        print(f"| {key} | " + " | ".join(f"{row[n]:.1f}" for n in names) + " |")
+        print(f"| {key} | "
+              + " | ".join(f"{row[n]:.1f}" for n in names) + " |")
     for split in args.splits:
-        gains = [results[f"{run} {split}"]["sum t2i"]
-                 - results[f"{run} {split}"]["matching t2i"] for run in args.runs]
+        rows = [results[f"{run} {split}"] for run in args.runs]
+        gains = [row["sum t2i"] - row["matching t2i"] for row in rows]
         print(f"{split}: sum minus matching, t2i R@1: "
               + ", ".join(f"{g:+.1f}" for g in gains)
               + f" (mean {np.mean(gains):+.2f})")

@@ -47,7 +47,7 @@ RECIPES = {
         "finetune": ["--itc-weight", "0.1"],
         "learning_rate": 1e-3, "batch_size": 64, "finetune_steps": 1200,
         # Chosen on the validation split (docs/results.md): 1e-3 against
-        # 5e-4 gained 2.1-5.9 points of text -> image R@1 in every seed tried.
+        # 5e-4 gained 2.1-5.0 points of text -> image R@1 in every seed tried.
         "finetune_learning_rate": 1e-3,
     },
     "faithful": {"preset": "interbert_tiny", "pretrain": [], "finetune": [],
