@@ -42,14 +42,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def recall_at_1(ranks):
-    return round(float(np.mean(np.asarray(ranks) == 1) * 100), 1)
-
-
 def fusion_metrics(match_logodds, contrastive_logits, caption_image_index):
     """R@1 of the matching score, the contrastive logit and their sum."""
+    from keras_interbert.evaluation import recall_at
     from keras_interbert.evaluation.retrieval_metrics import caption_posterior
     from keras_interbert.evaluation.retrieval_metrics import image_to_text_ranks
+    from keras_interbert.evaluation.retrieval_metrics import rank_summary
     from keras_interbert.evaluation.retrieval_metrics import text_to_image_ranks
 
     match = np.asarray(match_logodds, np.float64)
@@ -57,15 +55,21 @@ def fusion_metrics(match_logodds, contrastive_logits, caption_image_index):
     log_match = -np.logaddexp(0.0, -match)  # log sigmoid
     owner = np.asarray(caption_image_index)
 
+    def r1(ranks):
+        return round(recall_at(rank_summary(ranks, (1,)), 1), 1)
+
+    def t2i(scores):
+        return r1(text_to_image_ranks(scores, owner))
+
     def i2t(log_scores):
         ranks, _ = image_to_text_ranks(
             caption_posterior(log_scores, "similarity"), owner)
-        return recall_at_1(ranks)
+        return r1(ranks)
 
     return {
-        "matching t2i": recall_at_1(text_to_image_ranks(match, owner)),
-        "contrastive t2i": recall_at_1(text_to_image_ranks(itc, owner)),
-        "sum t2i": recall_at_1(text_to_image_ranks(match + itc, owner)),
+        "matching t2i": t2i(match),
+        "contrastive t2i": t2i(itc),
+        "sum t2i": t2i(match + itc),
         "matching i2t posterior": i2t(log_match),
         "contrastive i2t posterior": i2t(itc),
         "sum i2t posterior": i2t(log_match + itc),
@@ -100,13 +104,12 @@ def run_metrics(run, language, split, max_regions):
         split=split, max_regions=max_regions)
     scorer = PairScorer(model)
     saved = os.path.join(run, "retrieval", "evaluation", "scores_full.npz")
-    match = None
     if split == "test" and os.path.exists(saved):
         # Scored by recipes/finetune_retrieval.py's evaluation (its default
         # --eval-batch-size); another model's or data's file is refused.
         match = load_scores(saved, grid_fingerprint(
             evaluation, scorer, 1000))["scores"]
-    if match is None:
+    else:
         match = score_grid(scorer, evaluation, 1000, None,
                            progress=False)["scores"]
     scale = float(keras.ops.convert_to_numpy(model.itc_head.scale()))
