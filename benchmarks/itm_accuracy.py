@@ -1,4 +1,4 @@
-"""Held-out image-text matching accuracy of a pretrained model, masked and clean.
+"""Held-out image-text matching accuracy of a pretrained or finetuned model, masked and clean.
 
 Pretraining computes ITM on the same forward pass as masked segment and
 region modelling (docs/architecture.md §3.4): the caption the matching head
@@ -22,6 +22,13 @@ the scores are, whatever the head's bias), its ROC AUC, and the same two
 figures for the model's contrastive head (the cosine of the caption alone
 against the image alone), when it has one: the first stage as a matcher.
 
+The model may also be a finetuned retriever (`retrieval/finetuned.keras`,
+an `InterBERTRetriever`): its matching head then scores the same pairs, so
+pretraining and finetuning are compared on one set of held-out pairs. A
+retriever never saw masked inputs; its `clean` column is the one to read
+(its head was trained with three mismatched pairs to one matched, so read
+the fitted-threshold accuracy rather than the one at p > 0.5).
+
     KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/itm_accuracy.py \\
         runs/quickstart/pretrain/pretrained.keras \\
         --data runs/quickstart/bundled-data-1000-d256 --language en
@@ -39,7 +46,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="A pretrained .keras file (InterBERTPretrainer).")
+    p.add_argument("model", help="A pretrained .keras file (InterBERTPretrainer) "
+                   "or a finetuned one (InterBERTRetriever).")
     p.add_argument("--data", required=True,
                    help="A data folder with regions/ and captions_<language>.jsonl.")
     p.add_argument("--language", choices=("en", "zh"), default="en")
@@ -124,10 +132,26 @@ def score_pairs(model, dataset, batches):
     """Match probabilities, contrastive cosines (or None) and labels."""
     import keras
 
+    from keras_interbert.models.input_checks import BACKBONE_INPUT_NAMES
+    from keras_interbert.models.interbert_pretrainer import unimodal_pooled
+    from keras_interbert.models.interbert_retriever import InterBERTRetriever
+
+    retriever = isinstance(model, InterBERTRetriever)
     match, cosine, labels = [], [], []
     for x, y in dataset.take(batches):
-        out = model({k: keras.ops.convert_to_tensor(v.numpy())
-                     for k, v in x.items()}, training=False)
+        x = {k: keras.ops.convert_to_tensor(v.numpy()) for k, v in x.items()}
+        if retriever:
+            # The retriever's graph takes the backbone's inputs alone; its
+            # first stage is the contrastive head on each modality alone,
+            # the caption unmasked as in the pretrainer's `itc_logits`.
+            out = model({k: x[k] for k in BACKBONE_INPUT_NAMES},
+                        training=False)
+            if model.itc_head is not None:
+                text, image = unimodal_pooled(
+                    model.backbone, x, x["itc_token_ids"], training=False)
+                out = dict(out, itc_logits=model.itc_head(text, image))
+        else:
+            out = model(x, training=False)
         logits = keras.ops.convert_to_numpy(out["itm_logits"]).astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
@@ -182,10 +206,17 @@ def main(argv=None):
     contrastive = getattr(model, "itc_head", None) is not None
     tokenizer = InterBERTTokenizer.from_preset(f"interbert_base_{args.language}")
     # The masking rules the model was trained with, when its file says
-    # (the published ones otherwise).
-    rules = {name: getattr(preprocessor, name) for name in (
-        "msm", "msm_token_probability", "mrm", "mrm_probability",
-        "mrm_iou_threshold", "global_feature") if hasattr(preprocessor, name)}
+    # (the published ones otherwise; a retriever's preprocessor holds none,
+    # and its image slot is the mean of unmasked regions).
+    from keras_interbert.models.interbert_retriever import InterBERTRetriever
+
+    if isinstance(model, InterBERTRetriever):
+        rules = {"global_feature": "unmasked_mean"}
+    else:
+        rules = {name: getattr(preprocessor, name) for name in (
+            "msm", "msm_token_probability", "mrm", "mrm_probability",
+            "mrm_iou_threshold", "global_feature")
+            if hasattr(preprocessor, name)}
     masked = PretrainingDataConfig(
         sequence_length=sequence_length, max_regions=max_regions,
         batch_size=args.batch_size, itc=contrastive, seed=args.seed,

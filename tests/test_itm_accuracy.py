@@ -87,3 +87,49 @@ def test_clean_inputs_keep_the_pairs_and_drop_every_mask(tmp_path):
         assert float(yc["mrm_weights"].sum()) == 0.0
         real = xc["region_mask"].astype(bool)
         assert np.all(np.abs(xc["region_features"][real]).sum(-1) > 0)
+
+
+# PyTorch warns about the one-slot softmax of each modality's pass alone.
+@pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
+def test_a_finetuned_retriever_is_scored_like_the_pretrainer_it_came_from(
+        tmp_path):
+    # A retriever made from a pretrainer holds the same backbone, matching
+    # head and contrastive head: on clean pairs (nothing masked, so the
+    # pretrainer's joint pass sees what the retriever sees) both paths of
+    # `score_pairs` must give the same probabilities and cosines.
+    import keras
+
+    from conftest import TINY_BACKBONE
+    from keras_interbert import InterBERTBackbone
+    from keras_interbert import InterBERTPretrainer
+    from keras_interbert import InterBERTRetriever
+
+    data = str(tmp_path / "data")
+    write_dataset(data, num_images=30, seed=3, feature_dim=24,
+                  languages=("en",), save_images=False, progress=False)
+    tokenizer = InterBERTTokenizer.from_preset("interbert_base_en")
+    keras.utils.set_random_seed(11)
+    backbone = InterBERTBackbone(**dict(
+        TINY_BACKBONE, vocabulary_size=tokenizer.vocabulary_size(),
+        pooling="mean"))
+    pretrainer = InterBERTPretrainer(backbone, num_region_classes=49,
+                                     contrastive=True)
+    retriever = InterBERTRetriever.from_pretrained(pretrainer)
+    config = itm_accuracy.clean_config(PretrainingDataConfig(
+        sequence_length=16, batch_size=8, max_regions=6, itc=True,
+        shuffle_buffer=0, seed=7, global_feature="unmasked_mean"))
+
+    def scores(model):
+        return itm_accuracy.score_pairs(model, pretraining_dataset(
+            os.path.join(data, "regions"),
+            os.path.join(data, "captions_en.jsonl"), tokenizer, config,
+            split="train"), 2)
+
+    match_p, cosine_p, labels_p = scores(pretrainer)
+    match_r, cosine_r, labels_r = scores(retriever)
+    assert len(labels_p) == 16 and 0 < labels_p.sum() < 16
+    np.testing.assert_array_equal(labels_r, labels_p)
+    # Not a constant: the random head separates the pairs somewhat.
+    assert np.ptp(match_p) > 1e-4
+    np.testing.assert_allclose(match_r, match_p, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cosine_r, cosine_p, rtol=1e-5, atol=1e-5)
