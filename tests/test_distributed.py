@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from conftest import BACKEND
 from conftest import REPO_ROOT
+from conftest import light_xla_env
 
 HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
 # Generous: on a loaded 2-core machine (three sessions plus other jobs) the
@@ -30,6 +31,7 @@ def run_worker(script, output, env=None, backend=None):
     env = dict(os.environ if env is None else env)
     if backend:
         env["KERAS_BACKEND"] = backend
+    env = light_xla_env(env, env.get("KERAS_BACKEND"))
     env["PYTHONPATH"] = os.pathsep.join(
         [REPO_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
     return subprocess.Popen(

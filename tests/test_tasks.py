@@ -12,6 +12,7 @@ import pytest
 from conftest import BACKEND
 from conftest import REPO_ROOT
 from conftest import TINY_BACKBONE
+from conftest import light_xla_env
 from conftest import random_backbone_inputs
 from conftest import to_numpy
 
@@ -101,7 +102,7 @@ def test_tasks_from_a_saved_pretrainer_and_a_preset(tmp_path, pretrainer):
 
 
 def run_stage(backend, *args):
-    env = dict(os.environ, KERAS_BACKEND=backend)
+    env = light_xla_env(dict(os.environ, KERAS_BACKEND=backend), backend)
     result = subprocess.run(
         [sys.executable, os.path.join(HERE, "helpers", "task_round_trip.py"),
          *args],
