@@ -74,17 +74,7 @@ def parse_args(argv=None):
     if bad:
         p.error(f"--variants: {bad} are not variant indices "
                 f"0-{len(names) - 1} ({names})")
-    recipe = quickstart.RECIPES[args.recipe]
-    args.preset = f"{recipe['preset']}_{args.language}"
-    args.pretrain_batch_size = recipe["batch_size"]
-    args.pretrain_learning_rate = recipe["learning_rate"]
-    if args.finetune_learning_rate is None:
-        args.finetune_learning_rate = recipe["finetune_learning_rate"]
-    args.finetune_epochs = max(
-        1, (args.finetune_steps or recipe["finetune_steps"])
-        // args.finetune_steps_per_epoch)
-    args.finetune_decay_epochs = str(round(0.8 * args.finetune_epochs))
-    return args
+    return quickstart.apply_recipe_defaults(args, args.finetune_steps)
 
 
 # Settings that do not change a run's numbers.

@@ -95,20 +95,29 @@ def parse_args(argv=None):
                    "(0 skips it).")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--skip-export", action="store_true")
-    args = p.parse_args(argv)
+    return apply_recipe_defaults(p.parse_args(argv))
+
+
+def apply_recipe_defaults(args, finetune_steps=None):
+    """Fills the settings `args` leaves unset (None or absent) with those of
+    `RECIPES[args.recipe]`: the preset for `args.language`, the pretraining
+    batch and learning rate, the finetuning learning rate, the finetuning
+    epochs (`finetune_steps`, default the recipe's, over
+    `args.finetune_steps_per_epoch`) and the decay after 80% of them.
+    Shared with recipes/ablations.py, whose variants use the same settings."""
     recipe = RECIPES[args.recipe]
-    if args.pretrain_batch_size is None:
-        args.pretrain_batch_size = recipe["batch_size"]
-    if args.pretrain_learning_rate is None:
-        args.pretrain_learning_rate = recipe["learning_rate"]
-    if args.preset is None:
-        args.preset = f"{recipe['preset']}_{args.language}"
-    if args.finetune_learning_rate is None:
-        args.finetune_learning_rate = recipe["finetune_learning_rate"]
-    if args.finetune_epochs is None:
-        args.finetune_epochs = max(1, recipe["finetune_steps"]
-                                   // args.finetune_steps_per_epoch)
-    if args.finetune_decay_epochs is None:
+    defaults = {
+        "preset": f"{recipe['preset']}_{args.language}",
+        "pretrain_batch_size": recipe["batch_size"],
+        "pretrain_learning_rate": recipe["learning_rate"],
+        "finetune_learning_rate": recipe["finetune_learning_rate"],
+        "finetune_epochs": max(1, (finetune_steps or recipe["finetune_steps"])
+                               // args.finetune_steps_per_epoch),
+    }
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    if getattr(args, "finetune_decay_epochs", None) is None:
         args.finetune_decay_epochs = str(round(0.8 * args.finetune_epochs))
     return args
 
