@@ -190,6 +190,7 @@ def main(argv=None):
 
     from keras_interbert.data.pretraining_pipeline import PretrainingDataConfig
     from keras_interbert.data.pretraining_pipeline import pretraining_dataset
+    from keras_interbert.models.interbert_retriever import InterBERTRetriever
     from keras_interbert.preprocessing import InterBERTTokenizer
     from keras_interbert.utils.atomic import write_json_atomically
 
@@ -208,8 +209,6 @@ def main(argv=None):
     # The masking rules the model was trained with, when its file says
     # (the published ones otherwise; a retriever's preprocessor holds none,
     # and its image slot is the mean of unmasked regions).
-    from keras_interbert.models.interbert_retriever import InterBERTRetriever
-
     if isinstance(model, InterBERTRetriever):
         rules = {"global_feature": "unmasked_mean"}
     else:

@@ -14,8 +14,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # JAX compiles every function it runs with XLA, and the suite runs hundreds
 # of small functions once each: most of the JAX session's CPU time is spent
 # compiling, little running. These flags make XLA's CPU compiler spend less
-# effort on machine-code optimisation (the computation is the same; the
-# parity and cross-backend tests hold under them). tests/test_tasks.py and
+# effort on machine-code optimisation (the same operations; results may
+# differ in the last bits, and the parity and cross-backend tests hold
+# under them at their tolerances). tests/test_tasks.py and
 # tests/test_backbone.py under JAX: 260 CPU seconds without, 169 with
 # (docs/benchmarks.md, issue 17). Only where JAX does the work: the JAX
 # session and the JAX processes other sessions start (`light_xla_env`); an
