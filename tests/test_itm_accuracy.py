@@ -3,9 +3,14 @@ import itertools
 import os
 import sys
 
+import keras
 import numpy as np
 import pytest
 
+from conftest import TINY_BACKBONE
+from keras_interbert import InterBERTBackbone
+from keras_interbert import InterBERTPretrainer
+from keras_interbert import InterBERTRetriever
 from keras_interbert.data.pretraining_pipeline import PretrainingDataConfig
 from keras_interbert.data.pretraining_pipeline import numpy_batches
 from keras_interbert.data.pretraining_pipeline import pretraining_dataset
@@ -97,13 +102,6 @@ def test_a_finetuned_retriever_is_scored_like_the_pretrainer_it_came_from(
     # head and contrastive head: on clean pairs (nothing masked, so the
     # pretrainer's joint pass sees what the retriever sees) both paths of
     # `score_pairs` must give the same probabilities and cosines.
-    import keras
-
-    from conftest import TINY_BACKBONE
-    from keras_interbert import InterBERTBackbone
-    from keras_interbert import InterBERTPretrainer
-    from keras_interbert import InterBERTRetriever
-
     data = str(tmp_path / "data")
     write_dataset(data, num_images=30, seed=3, feature_dim=24,
                   languages=("en",), save_images=False, progress=False)
