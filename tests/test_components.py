@@ -1,5 +1,8 @@
 """tests/test_case.py's checks applied to every layer, preprocessor, the
 backbone and every task (tiny configurations)."""
+import warnings
+
+import keras
 import numpy as np
 import pytest
 
@@ -62,6 +65,24 @@ LAYERS = {
 def test_layer(name):
     cls, kwargs, inputs, shape = LAYERS[name]
     run_layer_test(cls, kwargs, inputs, expected_output_shape=shape)
+
+
+def test_a_one_slot_modality_attends_without_keras_softmax_warning():
+    # An empty modality is one padded slot (`unimodal_pooled`, the two-stage
+    # first stage, the text classifier's empty image), and Keras warns on any
+    # softmax over an axis of size 1 (under TensorFlow too when the call is
+    # eager). Every stack of the backbone is this layer, which keeps that
+    # warning out of one-slot calls and only those.
+    layer = InterBERTTransformerLayer(intermediate_dim=32, num_heads=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for mask in (np.zeros((3, 1), "int32"), np.ones((3, 1), "int32")):
+            out = layer(SEQUENCE[:, :1], padding_mask=mask)
+            assert out.shape == (3, 1, 16)
+    assert not [w for w in caught if "softmax over axis" in str(w.message)]
+    # The same recording sees the warning where Keras gives it elsewhere.
+    with pytest.warns(UserWarning, match="softmax over axis"):
+        keras.ops.softmax(np.zeros((2, 1), "float32"), axis=-1)
 
 
 def test_packers():

@@ -44,7 +44,6 @@ def outputs_of(out, model_class):
     return metrics
 
 
-@pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
 def test_retrieval_recipe(setup):
     import finetune_retrieval
 
@@ -97,7 +96,6 @@ def test_vcr_recipe(setup):
 
 
 @pytest.mark.one_session
-@pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
 def test_text_recipe_and_a_vocabulary_mismatch(setup):
     import finetune_text
 

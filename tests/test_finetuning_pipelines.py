@@ -762,7 +762,6 @@ def test_text_classification_packing(tmp_path, tokenizer, hf):
 
 
 @pytest.mark.every_backend
-@pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
 def test_text_classification_runs_through_the_backbone(tmp_path, tokenizer):
     path = write_tsv(tmp_path / "t.tsv", [("sentence", "label"),
                                           ("a red circle", "1"),

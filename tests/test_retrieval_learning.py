@@ -49,7 +49,6 @@ IMPROVED = ["--itc-weight", "1", "--pooling", "mean", "--itm-initializer",
             "zeros", "--head-learning-rate-multiplier", "20", "--dropout", "0"]
 
 
-@pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
 def test_improved_recipe_beats_a_dual_encoder(tmp_path):
     import dual_encoder_baseline
     import evaluate_retrieval

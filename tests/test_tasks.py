@@ -290,7 +290,6 @@ def test_multiple_choice_learns_a_task_that_needs_the_image():
     assert after >= 0.8 and after > before + 0.3, (before, after)
 
 
-@pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
 def test_text_classifier_learns_a_word_rule():
     keras.utils.set_random_seed(5)
     rng = np.random.default_rng(0)

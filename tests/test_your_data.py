@@ -86,7 +86,6 @@ def test_the_page_shows_every_command():
 
 
 @pytest.mark.one_session  # the recipes per backend: test_finetune_recipes.py, test_retrieval_evaluation.py
-@pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
 def test_walk_through(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     karpathy_file("dataset_flickr30k.json", SPLITS, captions_per_image=5)

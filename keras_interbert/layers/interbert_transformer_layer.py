@@ -1,5 +1,14 @@
+import warnings
+
 import keras
 import keras_hub
+
+# Keras warns on every softmax over an axis of size 1, which is what a
+# one-slot sequence attends over (an empty modality is one padded slot:
+# `InterBERTPretrainer.unimodal_pooled`, the two-stage first stage, the text
+# classifier's empty image). Attending to a single key is well defined (its
+# weight is 1), so the warning says nothing about such a call.
+ONE_KEY_SOFTMAX_WARNING = "You are using a softmax over axis"
 
 
 @keras.saving.register_keras_serializable(package="keras_interbert")
@@ -52,6 +61,14 @@ class InterBERTTransformerLayer(keras_hub.layers.TransformerEncoder):
             self.dropout = hidden_dropout
         self._self_attention_dropout.rate = hidden_dropout
         self._feedforward_dropout.rate = hidden_dropout
+
+    def call(self, inputs, *args, **kwargs):
+        if inputs.shape[1] != 1:
+            return super().call(inputs, *args, **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=ONE_KEY_SOFTMAX_WARNING,
+                                    category=UserWarning)
+            return super().call(inputs, *args, **kwargs)
 
     def get_config(self):
         config = super().get_config()
