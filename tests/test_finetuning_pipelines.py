@@ -761,6 +761,34 @@ def test_text_classification_packing(tmp_path, tokenizer, hf):
     assert (x["segment_ids"] == 0).all()
 
 
+def test_an_evaluation_pass_states_its_number_of_batches(tmp_path, tokenizer):
+    # Keras's iterators under JAX and PyTorch warn that the input "ran out of
+    # data" when a finite dataset's length is unknown; the stated length must
+    # be the number of batches the dataset gives, for every worker.
+    path = write_tsv(tmp_path / "t.tsv", [("sentence", "label")] + [
+        (f"text {i}", str(i % 2)) for i in range(11)])
+    data = read_tsv(path, "sentence")
+    for batch_size, drop, workers in [(4, False, 1), (4, True, 1),
+                                      (3, False, 2), (2, True, 3),
+                                      (11, False, 1), (5, False, 4)]:
+        for index in range(workers):
+            ds = text_classification_dataset(
+                data, tokenizer, TextClassificationDataConfig(
+                    sequence_length=8, batch_size=batch_size, shuffle=False,
+                    drop_remainder=drop, num_workers=workers,
+                    worker_index=index))
+            sizes = [len(y) for _, y in ds.as_numpy_iterator()]
+            assert int(ds.cardinality()) == len(sizes), (batch_size, drop,
+                                                         workers, index)
+            items = len(range(index, 11, workers))
+            assert sum(sizes) == (items - items % batch_size if drop
+                                  else items)
+    repeated = text_classification_dataset(
+        data, tokenizer, TextClassificationDataConfig(
+            sequence_length=8, batch_size=4, repeat=True))
+    assert int(repeated.cardinality()) < 0  # infinite or unknown
+
+
 @pytest.mark.every_backend
 def test_text_classification_runs_through_the_backbone(tmp_path, tokenizer):
     path = write_tsv(tmp_path / "t.tsv", [("sentence", "label"),

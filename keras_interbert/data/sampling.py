@@ -53,4 +53,19 @@ def batched_epochs(num_items, config, to_inputs):
     ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
     ds = ds.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
+    if not config.repeat:
+        # `flat_map` hides the length; stating it lets Keras's iterators
+        # under JAX and PyTorch end an evaluation without warning that the
+        # input "ran out of data" (tf.data checks the figure as it runs).
+        ds = ds.apply(tf.data.experimental.assert_cardinality(
+            _num_batches(num_items, config)))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _num_batches(num_items, config):
+    """Batches of one epoch of `batched_epochs` for this worker."""
+    # `shard` keeps the items at worker_index, worker_index + num_workers, ...
+    items = len(range(config.worker_index, int(num_items), config.num_workers))
+    if config.drop_remainder:
+        return items // config.batch_size
+    return -(-items // config.batch_size)

@@ -24,9 +24,18 @@ def _as_ragged_batch(ids, name):
 
 
 def _keep_first(ids, lengths):
-    """Keeps the first `lengths[i]` ids of row i of a ragged batch."""
-    positions = tf.ragged.range(ids.row_lengths(), dtype=lengths.dtype)
-    return tf.ragged.boolean_mask(ids, positions < lengths[:, tf.newaxis])
+    """Keeps the first `lengths[i]` ids of row i of a ragged batch.
+
+    On the flat values (`tf.ragged.boolean_mask` gives the same result, but
+    its graph takes about three times as long to trace, once per pipeline).
+    """
+    kept = tf.minimum(ids.row_lengths(), tf.cast(lengths, tf.int64))
+    rows = ids.value_rowids()
+    position = tf.range(tf.size(rows, out_type=tf.int64)) - tf.gather(
+        ids.row_splits, rows)
+    keep = position < tf.gather(kept, rows)
+    return tf.RaggedTensor.from_row_lengths(
+        tf.boolean_mask(ids.values, keep), kept, validate=False)
 
 
 def longest_first_lengths(length_a, length_b, budget):
