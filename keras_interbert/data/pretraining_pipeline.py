@@ -58,6 +58,7 @@ from keras_interbert.data.region_features import region_dims
 from keras_interbert.data.region_features import region_files
 from keras_interbert.data.region_features import region_image_ids
 from keras_interbert.data.region_features import region_object_classes
+from keras_interbert.data.tracing import plain
 from keras_interbert.preprocessing import masking
 from keras_interbert.preprocessing.pretrainer_preprocessor import (
     InterBERTPretrainerPreprocessor)
@@ -371,16 +372,16 @@ def pretraining_dataset(regions, captions, tokenizer, config=None, split=None):
         ds = _bucketed(_example_batches(source, preprocessor, config,
                                         config.batch_size, False).unbatch(),
                        config)
-        ds = ds.map(lambda e: _finish_batch(e, preprocessor, config),
+        ds = ds.map(plain(lambda e: _finish_batch(e, preprocessor, config)),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         # Serialized records are batched first: parsing, checks, layout and
         # every mask then run as a few vectorised ops per batch.
         ds = _pairs(source, config).batch(
             config.batch_size, drop_remainder=config.drop_remainder).map(
-            lambda position, item: _finish_batch(
+            plain(lambda position, item: _finish_batch(
                 _example_batch(position, item, source, preprocessor, config),
-                preprocessor, config),
+                preprocessor, config)),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -439,7 +440,7 @@ def pretraining_examples(regions, captions, tokenizer, config=None, split=None):
 
     ds = _example_batches(source, pretrainer_preprocessor(tokenizer, config),
                           config, config.batch_size, False)
-    return ds.map(dense_targets).unbatch(), source.index
+    return ds.map(plain(dense_targets)).unbatch(), source.index
 
 
 def _prepare(regions, captions, split, config):
@@ -486,19 +487,19 @@ def _pairs(source, config):
             count = tf.where(k >= 0, index.count[tf.maximum(k, 0)], 0)
             start = index.start[tf.maximum(k, 0)]
             return tf.data.Dataset.range(count).map(
-                lambda j: (serialized, start + j))
+                plain(lambda j: (serialized, start + j)))
 
-        return records.flat_map(with_captions).enumerate()
+        return records.flat_map(plain(with_captions)).enumerate()
     if source.uncaptioned:
         records = records.filter(
-            lambda serialized: index.lookup(_image_id(serialized)) >= 0)
+            plain(lambda serialized: index.lookup(_image_id(serialized)) >= 0))
     return records.enumerate()
 
 
 def _example_batches(source, preprocessor, config, size, drop_remainder):
     return _pairs(source, config).batch(size, drop_remainder=drop_remainder).map(
-        lambda position, item: _example_batch(position, item, source,
-                                              preprocessor, config),
+        plain(lambda position, item: _example_batch(position, item, source,
+                                                    preprocessor, config)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 

@@ -12,6 +12,7 @@ from keras_interbert.data.errors import RegionDataError
 from keras_interbert.data.region_features import read_manifest
 from keras_interbert.data.region_features import region_dataset
 from keras_interbert.data.region_features import region_files
+from keras_interbert.data.tracing import plain
 from keras_interbert.preprocessing.region_packer import mean_of_first
 from keras_interbert.preprocessing.region_packer import region_locations
 from keras_interbert.preprocessing.region_packer import region_slots
@@ -149,7 +150,7 @@ class RegionTable:
                     "features": tf.cast(feats[:kept], tf.float16),
                     "locations": locs[:kept]}
 
-        ds = region_dataset(paths).map(slots, num_parallel_calls=4,
+        ds = region_dataset(paths).map(plain(slots), num_parallel_calls=4,
                                        deterministic=True)
         bar = None
         if progress:

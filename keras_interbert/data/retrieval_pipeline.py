@@ -44,6 +44,7 @@ from keras_interbert.data.region_table import as_region_table
 from keras_interbert.data.sampling import _uniform
 from keras_interbert.data.sampling import batched_epochs  # noqa: F401
 from keras_interbert.data.sampling import epoch_order
+from keras_interbert.data.tracing import plain
 from keras_interbert.preprocessing import InterBERTTextPacker
 
 
@@ -210,7 +211,7 @@ def retrieval_training_examples(regions, captions, config=None,
     ds = epoch_order(owners.num_captions, seed, config.shuffle, config.repeat)
     if config.num_workers > 1:
         ds = ds.shard(config.num_workers, config.worker_index)
-    ds = ds.map(per_caption, num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(plain(per_caption), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     info = {"table": table, "captions": captions,
             "caption_owner": owners.owner, "hard_pool": pool,
@@ -272,7 +273,7 @@ def retrieval_training_dataset(regions, captions, tokenizer, config=None,
         return x, tf.reshape(batch["labels"], [-1])
 
     ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
-    ds = ds.map(to_pairs, num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(plain(to_pairs), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -316,7 +317,7 @@ class RetrievalEvaluationSet:
             [self.table.index(c["image_id"]) for c in self.captions], np.int64)
         pack = _pack_captions(tokenizer, sequence_length)
         texts = tf.data.Dataset.from_tensor_slices(
-            [c["caption"] for c in self.captions]).batch(4096).map(pack)
+            [c["caption"] for c in self.captions]).batch(4096).map(plain(pack))
         parts = list(texts.as_numpy_iterator())
         self.text = {k: np.concatenate([p[k] for p in parts])
                      for k in parts[0]}
@@ -351,7 +352,7 @@ class RetrievalEvaluationSet:
             return self._inputs(pairs // n, pairs % n)
 
         ds = tf.data.Dataset.range(start, self.num_pairs).batch(batch_size)
-        return ds.map(inputs, num_parallel_calls=tf.data.AUTOTUNE,
+        return ds.map(plain(inputs), num_parallel_calls=tf.data.AUTOTUNE,
                       deterministic=True).prefetch(tf.data.AUTOTUNE)
 
     def pairs_dataset(self, caption_index, image_index, batch_size=1000):
@@ -375,7 +376,7 @@ class RetrievalEvaluationSet:
                                  f"values in [{values.min()}, {values.max()}].")
         ds = tf.data.Dataset.from_tensor_slices((caption_index, image_index))
         return ds.batch(batch_size).map(
-            self._inputs, num_parallel_calls=tf.data.AUTOTUNE,
+            plain(self._inputs), num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True).prefetch(tf.data.AUTOTUNE)
 
     def score_matrix(self, scores, start=0):

@@ -7,6 +7,8 @@ sharding or resumption.
 """
 import tensorflow as tf
 
+from keras_interbert.data.tracing import plain
+
 
 def _key(seed, position, salt):
     return tf.stack([tf.cast(seed, tf.int64) * 1000003 + salt,
@@ -36,7 +38,7 @@ def epoch_order(num_items, seed, shuffle, repeat):
         positions = epoch * n + tf.range(n, dtype=tf.int64)
         return tf.data.Dataset.from_tensor_slices((positions, items))
 
-    return epochs.flat_map(one_epoch)
+    return epochs.flat_map(plain(one_epoch))
 
 
 def batched_epochs(num_items, config, to_inputs):
@@ -49,9 +51,9 @@ def batched_epochs(num_items, config, to_inputs):
     ds = epoch_order(num_items, config.seed, config.shuffle, config.repeat)
     if config.num_workers > 1:
         ds = ds.shard(config.num_workers, config.worker_index)
-    ds = ds.map(lambda position, item: item)
+    ds = ds.map(plain(lambda position, item: item))
     ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
-    ds = ds.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(plain(to_inputs), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     if not config.repeat:
         # `flat_map` hides the length; stating it lets Keras's iterators

@@ -137,10 +137,12 @@ class BackboneTask(FunctionalBase):
         `shuffle`, reshuffled every epoch; a dataset is mapped as it is.
         """
         import tensorflow as tf
+        from keras_interbert.data.tracing import plain
 
         self._check_preprocessor()
         if isinstance(x, tf.data.Dataset):
-            return x.map(self.preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
+            return x.map(plain(self.preprocessor),
+                         num_parallel_calls=tf.data.AUTOTUNE)
         data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
         dataset = tf.data.Dataset.from_tensor_slices(data)
         if shuffle:
@@ -149,8 +151,8 @@ class BackboneTask(FunctionalBase):
                                       reshuffle_each_iteration=True)
         dataset = dataset.batch(batch_size or 32)
         if not isinstance(data, tuple):
-            return dataset.map(self.preprocessor)
-        return dataset.map(lambda *args: self.preprocessor(*args))
+            return dataset.map(plain(self.preprocessor))
+        return dataset.map(plain(lambda *args: self.preprocessor(*args)))
 
     def fit(self, x=None, y=None, batch_size=None, sample_weight=None,
             validation_data=None, **kwargs):

@@ -16,6 +16,7 @@ from keras_interbert.data.region_features.record_format import MANIFEST_NAME
 from keras_interbert.data.region_features.record_format import manifest_shard_names
 from keras_interbert.data.region_features.record_format import read_manifest
 from keras_interbert.data.region_features.record_format import validate_region_record
+from keras_interbert.data.tracing import plain
 
 
 def _resolve_files(file_pattern_or_paths, split):
@@ -269,16 +270,16 @@ def region_dataset(
             return tf.reduce_all(tf.stack([c for c, _ in check_fn(x)]))
         return fn
 
-    ds = ds.map(parse, num_parallel_calls=num_parallel_calls)
+    ds = ds.map(plain(parse), num_parallel_calls=num_parallel_calls)
     if policy == "raise":
-        ds = ds.map(asserting(layout_checks, decode),
+        ds = ds.map(plain(asserting(layout_checks, decode)),
                     num_parallel_calls=num_parallel_calls)
-        ds = ds.map(asserting(value_checks, lambda x: x),
+        ds = ds.map(plain(asserting(value_checks, lambda x: x)),
                     num_parallel_calls=num_parallel_calls)
     else:
-        ds = ds.filter(all_ok(layout_checks))
-        ds = ds.map(decode, num_parallel_calls=num_parallel_calls)
-        ds = ds.filter(all_ok(value_checks))
+        ds = ds.filter(plain(all_ok(layout_checks)))
+        ds = ds.map(plain(decode), num_parallel_calls=num_parallel_calls)
+        ds = ds.filter(plain(all_ok(value_checks)))
     return ds
 
 
@@ -418,7 +419,7 @@ def _listed_image_ids(manifest):
 def _scan_image_ids(paths):
     spec = {"image_id": tf.io.FixedLenFeature([], tf.string)}
     ds = tf.data.TFRecordDataset(paths).map(
-        lambda s: tf.io.parse_single_example(s, spec)["image_id"])
+        plain(lambda s: tf.io.parse_single_example(s, spec)["image_id"]))
     return [v.decode("utf-8") for v in ds.as_numpy_iterator()]
 
 

@@ -1,0 +1,17 @@
+"""Dataset functions traced as they are written."""
+import tensorflow as tf
+
+
+def plain(fn):
+    """`fn`, for `Dataset.map`, `filter` or `flat_map`, without AutoGraph.
+
+    tf.data passes a function through AutoGraph before tracing it, which
+    rewrites its source and that of every function it calls so that Python
+    `if` and `for` on tensors become graph control flow. The pipelines'
+    functions have none (their branches are on Python values, their
+    conditionals `tf.where` / `tf.cond`), so the rewrite only adds time:
+    about half of a pipeline's construction (docs/benchmarks.md). A function
+    that did branch on a tensor fails at its first trace with TensorFlow's
+    "using a tf.Tensor as a Python bool is not allowed" error.
+    """
+    return tf.autograph.experimental.do_not_convert(fn)
