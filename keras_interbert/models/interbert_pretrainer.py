@@ -352,9 +352,7 @@ class InterBERTPretrainer(BackboneTask):
         built = all(layer.built for layer in self._flatten_layers())
         if (keras.config.backend() == "tensorflow" and built
                 and self._distribute_strategy is not None):
-            if self.optimizer is not None and not self.optimizer.built:
-                with self.distribute_strategy.scope():
-                    self.optimizer.build(self.trainable_variables)
+            self._build_optimizer_eagerly()
             return
         return super()._maybe_symbolic_build(
             iterator=iterator, data_batch=data_batch)
