@@ -8,6 +8,9 @@ from keras_interbert import InterBERTBackbone
 from keras_interbert import InterBERTPretrainer
 
 
+# Keras's iterators under JAX and PyTorch warn when a data set of unknown
+# length ends, which is this test's second case.
+@pytest.mark.filterwarnings("ignore:Your input ran out of data")
 @pytest.mark.parametrize("known_length", [True, False])
 def test_evaluate_logs_the_mean_over_a_data_set_of_any_length(known_length):
     # A data set whose length tf.data cannot know (a filter) once made
