@@ -180,9 +180,9 @@ class BackboneTask(FunctionalBase):
         Under TensorFlow without a distribution strategy, Keras builds the
         optimizer inside the first traced training step, where each slot
         variable costs far more to create than eagerly (the tiny
-        pretrainer's first `fit` call on one batch: 3.6 s, 0.2 s of it
-        building here, against 7.3 s; docs/benchmarks.md). The variables,
-        their order and
+        pretrainer's first `fit` call on one batch in a fresh process:
+        4.6 s with the build here, against 9.8 s; `benchmarks/
+        trace_costs.py`). The variables, their order and
         their zero initial values are the same either way. Models whose
         layers are not all built yet are left to Keras.
         """
