@@ -12,8 +12,8 @@ def plain(fn):
     conditionals `tf.where` / `tf.cond`), so the rewrite only adds time,
     mostly the first time a process converts a function (the text and
     multiple-choice datasets built in a fresh process: 4.4 s against 5.1 s,
-    `benchmarks/trace_costs.py`). A function
-    that did branch on a tensor fails at its first trace with TensorFlow's
-    "using a tf.Tensor as a Python bool is not allowed" error.
+    `benchmarks/trace_costs.py`). A function that did branch on a tensor
+    fails at its first trace with TensorFlow's "using a tf.Tensor as a
+    Python bool is not allowed" error.
     """
     return tf.autograph.experimental.do_not_convert(fn)
