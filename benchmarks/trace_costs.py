@@ -9,7 +9,8 @@ trace does (AutoGraph, for one, caches what it has converted), after a
 small warm-up of TensorFlow; the rounds alternate the two sides, so that a
 load change on a shared machine hits both:
 
-- `fit`'s first call (one batch of 4 pairs) of the tiny pretrainer, with
+- `fit`'s first call (one batch of 4 pairs) of the tiny pretrainer (the
+  `interbert_tiny_en` configuration), with
   the optimizer built before the step is traced (what `BackboneTask.fit`
   now does under TensorFlow) and inside the trace (Keras's own `fit`);
 - building the text-classification and multiple-choice datasets (the
@@ -19,6 +20,7 @@ load change on a shared machine hits both:
   and with `tf.ragged.boolean_mask`.
 
     KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/trace_costs.py [--rounds 3]
+        [--pieces fit datasets packer]
 
 Prints the median seconds of each side and their ratio.
 """
@@ -40,17 +42,14 @@ from keras_interbert import InterBERTBackbone  # noqa: E402
 from keras_interbert import InterBERTPretrainer  # noqa: E402
 from keras_interbert.optimizers import pretraining_optimizer  # noqa: E402
 from keras_interbert.preprocessing import text_packer  # noqa: E402
+from keras_interbert.presets import preset_backbone_config  # noqa: E402
 
-TINY = dict(vocabulary_size=120, num_single_stream_layers=1,
-            num_text_layers=1, num_image_layers=1, hidden_dim=32,
-            num_heads=2, intermediate_dim=64, num_image_heads=4,
-            image_intermediate_dim=48, pooled_dim=40, image_feature_dim=24,
-            max_sequence_length=32)
+FEATURE_DIM = 24
 
 
 def one_batch(seed=0, batch=4, length=12, regions=5, classes=7):
     rng = np.random.default_rng(seed)
-    dim = TINY["image_feature_dim"]
+    dim = FEATURE_DIM
     x = {"token_ids": rng.integers(5, 100, (batch, length)).astype("int32"),
          "segment_ids": np.zeros((batch, length), "int32"),
          "text_mask": np.ones((batch, length), "int32"),
@@ -74,7 +73,10 @@ def first_fit(eager_optimizer):
     """Seconds of the first `fit` call on one batch (the optimizer's build
     included when it is eager)."""
     keras.utils.set_random_seed(0)
-    model = InterBERTPretrainer(InterBERTBackbone(**TINY), num_region_classes=7)
+    backbone = InterBERTBackbone(**dict(
+        preset_backbone_config("interbert_tiny_en"),
+        image_feature_dim=FEATURE_DIM))
+    model = InterBERTPretrainer(backbone, num_region_classes=7)
     model.compile(optimizer=pretraining_optimizer(
         total_steps=10, learning_rate=1e-3, bert_variable_patterns=()))
     x, y = one_batch()
@@ -191,6 +193,8 @@ def measure_one(piece, new, root):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--pieces", nargs="+", choices=tuple(PIECES),
+                   default=list(PIECES))
     p.add_argument("--one", nargs=3, metavar=("PIECE", "SIDE", "ROOT"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -201,11 +205,11 @@ def main(argv=None):
         piece, side, root = args.one
         print(f"SECONDS {measure_one(piece, side == 'new', root):.4f}")
         return
-    times = {piece: {"new": [], "old": []} for piece in PIECES}
+    times = {piece: {"new": [], "old": []} for piece in args.pieces}
     with tempfile.TemporaryDirectory() as root:
         write_inputs(root)
         for r in range(args.rounds):
-            for piece in PIECES:
+            for piece in args.pieces:
                 for side in ("new", "old"):
                     out = subprocess.run(
                         [sys.executable, __file__, "--one", piece, side, root],
@@ -215,7 +219,8 @@ def main(argv=None):
                     times[piece][side].append(seconds)
             print(f"round {r + 1} of {args.rounds} done", flush=True)
     print(f"median of {args.rounds} rounds (fresh processes), seconds")
-    for piece, (name, new, old) in PIECES.items():
+    for piece in args.pieces:
+        name, new, old = PIECES[piece]
         a = statistics.median(times[piece]["new"])
         b = statistics.median(times[piece]["old"])
         print(f"{name:34s} {new} {a:6.2f} | {old} {b:6.2f} | {b / a:4.1f}x")

@@ -10,9 +10,10 @@ def plain(fn):
     `if` and `for` on tensors become graph control flow. The pipelines'
     functions have none (their branches are on Python values, their
     conditionals `tf.where` / `tf.cond`), so the rewrite only adds time,
-    mostly the first time a process converts a function (the text and
-    multiple-choice datasets built in a fresh process: 4.4 s against 5.1 s,
-    `benchmarks/trace_costs.py`). A function that did branch on a tensor
+    mostly the first time a process converts a function (building the text
+    and multiple-choice datasets in a fresh process: 3.8 s against 4.6 s,
+    the median of 7 rounds of `benchmarks/trace_costs.py`; 1.0-1.2x over
+    three runs). A function that did branch on a tensor
     fails at its first trace with TensorFlow's "using a tf.Tensor as a
     Python bool is not allowed" error.
     """

@@ -181,7 +181,7 @@ class BackboneTask(FunctionalBase):
         optimizer inside the first traced training step, where each slot
         variable costs far more to create than eagerly (the tiny
         pretrainer's first `fit` call on one batch in a fresh process:
-        4.6 s with the build here, against 9.8 s;
+        4.6-5.8 s with the build here, against 9.8-10.1 s;
         `benchmarks/trace_costs.py`). The variables, their order and their
         zero initial values are the same either way. Models whose layers
         are not all built yet are left to Keras.
