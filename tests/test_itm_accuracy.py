@@ -94,7 +94,6 @@ def test_clean_inputs_keep_the_pairs_and_drop_every_mask(tmp_path):
         assert np.all(np.abs(xc["region_features"][real]).sum(-1) > 0)
 
 
-# PyTorch warns about the one-slot softmax of each modality's pass alone.
 def test_a_finetuned_retriever_is_scored_like_the_pretrainer_it_came_from(
         tmp_path):
     # A retriever made from a pretrainer holds the same backbone, matching
