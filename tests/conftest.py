@@ -67,8 +67,11 @@ if ONCE_BACKEND not in (None, "tensorflow", "jax", "torch"):
 # from end to end (the VCR and text recipes, docs/your-data.md) trains with
 # `fit` and reloads its `.keras` file, which tests/test_tasks.py,
 # tests/test_components.py and tests/test_contrastive.py do under every
-# backend for every task. With INTERBERT_ONCE_BACKEND set it runs in that
-# session only, like `once`; unset, in every session.
+# backend for every task; a weight conversion (tests/test_convert.py) maps
+# numpy arrays and runs the backbone's forward pass, which the parity tests
+# and one real-checkpoint conversion check under every backend. With
+# INTERBERT_ONCE_BACKEND set it runs in that session only, like `once`;
+# unset, in every session.
 
 
 def pytest_collection_modifyitems(config, items):
@@ -80,7 +83,8 @@ def pytest_collection_modifyitems(config, items):
               and ONCE_BACKEND not in (None, BACKEND)):
             item.add_marker(pytest.mark.skip(
                 reason="one_session: its backend-dependent parts are checked "
-                "in every session by the task tests; runs in the "
+                "in every session by other tests (tests/conftest.py); runs "
+                "in the "
                 f"{ONCE_BACKEND} session (INTERBERT_ONCE_BACKEND)"))
         elif ("once" in item.keywords and "every_backend" not in item.keywords
               and ONCE_BACKEND not in (None, BACKEND)):

@@ -140,7 +140,14 @@ def text_only_inputs(encoded, feature_dim, regions=4):
     }
 
 
-@pytest.mark.parametrize("single_layers", [3, 2])
+# The real checkpoint's forward pass runs in every session with three shared
+# layers; the other conversions (two shared layers, a Google TF checkpoint,
+# the masked-LM head, keras-hub's BERT, the options) are numpy mappings whose
+# forward pass is the backbone's, which this test and the parity tests of
+# tests/test_backbone.py check under every backend: `one_session`
+# (tests/conftest.py). Under JAX they cost about 100 CPU seconds a session.
+@pytest.mark.parametrize("single_layers", [
+    3, pytest.param(2, marks=pytest.mark.one_session)])
 def test_minilm_text_path_equals_transformers_bert(single_layers):
     directory = minilm_dir()
     encoded, result = hf_reference(directory, real_sentences())
@@ -190,6 +197,7 @@ def write_google_checkpoint(directory, hf_dir, prefix):
             saver.save(session, os.path.join(directory, prefix))
 
 
+@pytest.mark.one_session
 def test_google_tf_checkpoint(tmp_path):
     directory = minilm_dir()
     write_google_checkpoint(str(tmp_path), directory, "bert_model.ckpt")
@@ -205,6 +213,7 @@ def test_google_tf_checkpoint(tmp_path):
                                result.last_hidden_state.numpy()[real], atol=1e-4)
 
 
+@pytest.mark.one_session
 def test_bert_masked_lm_head_matches_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(
@@ -227,6 +236,7 @@ def test_bert_masked_lm_head_matches_transformers(tmp_path):
     np.testing.assert_allclose(logits[real], result.logits.numpy()[real], atol=1e-4)
 
 
+@pytest.mark.one_session
 def test_keras_hub_bert_backbone(tmp_path):
     keras_hub = pytest.importorskip("keras_hub")
     bert = keras_hub.models.BertBackbone(
@@ -303,6 +313,7 @@ def plain_minilm_text_path():
             for name, w in _text_path_weights(plain).items()}
 
 
+@pytest.mark.one_session
 def test_bert_backbone_and_task_options(plain_minilm_text_path):
     options = {"pooling": "mean", "dropout": 0.0, "attention_dropout": 0.0,
                "image_dropout": 0.0, "image_attention_dropout": 0.0}
@@ -317,6 +328,7 @@ def test_bert_backbone_and_task_options(plain_minilm_text_path):
         model.backbone.pooled_dim, 8)
 
 
+@pytest.mark.one_session
 def test_bert_option_errors():
     with pytest.raises(ValueError, match="'hidden_dim' comes from the BERT"):
         convert_bert(minilm_dir(), 2, backbone_options={"hidden_dim": 64})
@@ -331,6 +343,7 @@ def test_bert_option_errors():
         convert_bert(minilm_dir(), 2, task_options={"temperature": 0.1})
 
 
+@pytest.mark.one_session
 def test_pretrain_recipe_bert_path_takes_recipe_options(
         tmp_path, plain_minilm_text_path):
     import sys
