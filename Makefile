@@ -38,10 +38,14 @@ install-test: $(VENV)/.installed-test
 # all have finished. Much of the suite waits on single-threaded work (imports,
 # subprocesses, compilation), which overlaps well even on two cores (see
 # docs/benchmarks.md). `make test-serial` runs them one after the other.
+# `make test TEST_CPU=1` also records each test's CPU time in
+# .test-runs/BACKEND.cpu.tsv (tests/conftest.py); summarise them with
+# benchmarks/suite_cpu_report.py.
 test: install-test
 	@rm -rf .test-runs; mkdir -p .test-runs; \
 	for backend in $(BACKENDS); do \
 	  ( KERAS_BACKEND=$$backend INTERBERT_ONCE_BACKEND=$(ONCE_BACKEND) \
+	      $(if $(TEST_CPU),INTERBERT_TEST_CPU=$(CURDIR)/.test-runs/$$backend.cpu.tsv) \
 	      $(BIN)/python -m pytest -q -p no:cacheprovider --durations=12 \
 	      --basetemp=.test-runs/tmp-$$backend $(PYTEST_ARGS) \
 	      > .test-runs/$$backend.log 2>&1; echo $$? > .test-runs/$$backend.status ) & \

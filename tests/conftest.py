@@ -74,6 +74,33 @@ if ONCE_BACKEND not in (None, "tensorflow", "jax", "torch"):
 # unset, in every session.
 
 
+# INTERBERT_TEST_CPU=FILE: one tab-separated row per test appended to FILE,
+# `cpu_seconds  children_cpu_seconds  wall_seconds  test id`: the CPU time
+# of this process (all its threads) and of the processes the test started
+# and waited for, over the test's setup, call and teardown (a session
+# fixture counts in the first test that uses it). `make test` runs three
+# sessions on two cores, so CPU time, not wall time, says what a test costs
+# (docs/benchmarks.md, eighth pass). Give each session its own file.
+TEST_CPU_FILE = os.environ.get("INTERBERT_TEST_CPU")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not TEST_CPU_FILE:
+        yield
+        return
+    import time
+
+    before, start = os.times(), time.monotonic()
+    yield
+    after, wall = os.times(), time.monotonic() - start
+    own = (after.user - before.user) + (after.system - before.system)
+    children = ((after.children_user - before.children_user)
+                + (after.children_system - before.children_system))
+    with open(TEST_CPU_FILE, "a", encoding="utf-8") as f:
+        f.write(f"{own:.1f}\t{children:.1f}\t{wall:.1f}\t{item.nodeid}\n")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tensorflow_only" in item.keywords and BACKEND != "tensorflow":
