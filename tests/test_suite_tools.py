@@ -1,4 +1,8 @@
-"""benchmarks/suite_cpu_report.py: the summary of `make test TEST_CPU=1`."""
+"""Tools that measure the suite's costs: benchmarks/suite_cpu_report.py
+(the summary of `make test TEST_CPU=1`) and the report of
+benchmarks/retrieval_learning_costs.py (whose runs
+tests/test_retrieval_learning.py makes)."""
+import json
 import os
 import sys
 
@@ -7,6 +11,7 @@ import pytest
 from conftest import REPO_ROOT
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+import retrieval_learning_costs  # noqa: E402
 import suite_cpu_report  # noqa: E402
 
 pytestmark = pytest.mark.once
@@ -34,3 +39,37 @@ def test_a_damaged_row_names_the_file_and_line(tmp_path):
         suite_cpu_report.main([str(rows)])
     with pytest.raises(SystemExit, match="No such file"):
         suite_cpu_report.main([str(tmp_path / "missing.tsv")])
+
+
+def test_retrieval_learning_costs_reports_r1_and_cpu(tmp_path, monkeypatch,
+                                                     capsys):
+    def r1(value):  # a rank summary after a JSON round trip
+        return {"text_to_image": {"recall": {"1": value, "5": 99.0}}}
+
+    calls = []
+
+    def fake_run(out, **settings):
+        calls.append((out, settings))
+        return {"itm_accuracy": 0.76612, "cpu_seconds": {"pretraining": 1.0},
+                "zero_shot": {"random_baseline": r1(1.0),
+                              "modes": {"full": r1(17.94)}},
+                "finetuned": {"modes": {"full": r1(52.97),
+                                        "two_stage": r1(52.68)}},
+                "dual_encoder": {"metrics": r1(49.11)}}
+
+    monkeypatch.setattr(retrieval_learning_costs, "run", fake_run)
+    out = str(tmp_path / "new")
+    assert retrieval_learning_costs.main(
+        ["--out", out, "--seed", "43", "--pretrain-batch-size", "64"]) == 0
+    assert calls == [(out, {"seed": 43, "pretrain_steps": 300,
+                            "pretrain_batch_size": 64,
+                            "pretrain_steps_per_epoch": 100,
+                            "finetune_epochs": 6, "finetune_batch_size": 32,
+                            "baseline_steps": 600})]
+    report = json.loads(capsys.readouterr().out)
+    assert report["itm_accuracy"] == 0.766
+    assert report["t2i_r1"] == {"random": 1.0, "zero_shot": 17.9,
+                                "finetuned": 53.0, "two_stage": 52.7,
+                                "dual_encoder": 49.1}
+    with pytest.raises(SystemExit):
+        retrieval_learning_costs.main(["--out", str(tmp_path)])
