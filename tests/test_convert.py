@@ -143,8 +143,9 @@ def text_only_inputs(encoded, feature_dim, regions=4):
 # The real checkpoint's forward pass runs in every session with three shared
 # layers; the other conversions (two shared layers, a Google TF checkpoint,
 # the masked-LM head, keras-hub's BERT, the options) are numpy mappings whose
-# forward pass is the backbone's, which this test and the parity tests of
-# tests/test_backbone.py check under every backend: `one_session`
+# forward pass is the model's, which this test and the parity tests against
+# the original code (tests/test_backbone.py, the conversions of the original
+# above, heads included) check under every backend: `one_session`
 # (tests/conftest.py). Under JAX they cost about 100 CPU seconds a session.
 @pytest.mark.parametrize("single_layers", [
     3, pytest.param(2, marks=pytest.mark.one_session)])

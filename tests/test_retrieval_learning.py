@@ -19,9 +19,10 @@ image R@1 at least 10x random ranking, finetuned R@1 (full cross-encoder)
 at or above the dual encoder's (3.9-4.5 points above over three seeds),
 and the two-stage mode within a point and a half of full scoring.
 
-TensorFlow only: about 410 CPU seconds (pretraining 135, zero-shot scoring
-20, finetuning and its evaluation 195, the dual encoder 60), several times
-that under JAX and PyTorch. Pretraining at 64 pairs a step took 269 CPU
+TensorFlow only: about 415 CPU seconds (pretraining 135-144, zero-shot
+scoring 20, finetuning and its evaluation 190-203, the dual encoder 59-63),
+312 s alone on an idle two-core machine, several times that under JAX and
+PyTorch. Pretraining at 64 pairs a step took 269 CPU
 seconds and reached a wider margin at seed 42 (56.8 against 49.1, zero-shot
 27.7, ITM 0.703); the suite keeps the half-size batch for its time
 (docs/benchmarks.md, eighth pass). The pieces the recipe adds are
