@@ -39,7 +39,6 @@ from conftest import REPO_ROOT
 
 from keras_interbert.evaluation import recall_at
 
-sys.path.insert(0, os.path.join(REPO_ROOT, "recipes"))
 sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
 
 pytestmark = pytest.mark.skipif(
