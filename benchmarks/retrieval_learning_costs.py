@@ -20,11 +20,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes"))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-# The improved recipe's options, as the test and the quickstart pass them.
-IMPROVED = ["--itc-weight", "1", "--pooling", "mean", "--itm-initializer",
-            "zeros", "--head-learning-rate-multiplier", "20", "--dropout", "0"]
+from quickstart import RECIPES  # noqa: E402
+
+# The quickstart's improved recipe: its pretraining and finetuning options.
+IMPROVED = RECIPES["improved"]
 
 
 def parse_args(argv):
@@ -84,7 +84,7 @@ def run(out, seed=42, pretrain_steps=300, pretrain_batch_size=32,
          "--steps-per-epoch", str(pretrain_steps_per_epoch),
          "--batch-size", str(pretrain_batch_size),
          "--learning-rate", "1e-3", "--validation-steps", "4", "--seed",
-         str(seed), "--verbose", "0"] + common + IMPROVED)
+         str(seed), "--verbose", "0"] + common + IMPROVED["pretrain"])
     lap("pretraining")
     zero_dir = os.path.join(out, "zero_shot")
     # Zero-shot, full scoring only: the two-stage pass is skipped.
@@ -99,11 +99,12 @@ def run(out, seed=42, pretrain_steps=300, pretrain_batch_size=32,
         ["--init", pretrained["model"], "--out", os.path.join(out, "retrieval"),
          "--epochs", str(finetune_epochs), "--steps-per-epoch", "100",
          "--batch-size", str(finetune_batch_size), "--learning-rate", "1e-3",
-         "--decay-epochs", str(max(1, finetune_epochs - 1)), "--itc-weight",
-         "0.1", "--verbose", "0", "--eval-split", "test",
+         "--decay-epochs", str(max(1, finetune_epochs - 1)),
+         "--verbose", "0", "--eval-split", "test",
          # As the quickstart finetunes under TensorFlow (about a fifth less
          # per step after 7-10 s of compilation).
-         "--jit-compile", "true"] + common)["evaluation"]
+         "--jit-compile", "true"] + common + IMPROVED["finetune"])[
+             "evaluation"]
     lap("finetuning_and_evaluation")
     baseline = dual_encoder_baseline.train_and_evaluate(
         data, "en", max_regions=8, steps=baseline_steps,

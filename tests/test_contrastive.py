@@ -92,8 +92,7 @@ def test_contrastive_head_scale_is_capped():
     head = ContrastiveHead(projection_dim=None, max_scale=20.0)
     head.build((None, 2))
     head.log_scale.assign(10.0)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(head.scale()), 20.0,
-                               rtol=1e-5)
+    np.testing.assert_allclose(_numpy(head.scale()), 20.0, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kwargs, match", [
