@@ -14,15 +14,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # JAX compiles every function it runs with XLA, and the suite runs hundreds
 # of small functions once each: most of the JAX session's CPU time is spent
 # compiling, little running. These flags make XLA's CPU compiler spend less
-# effort on machine-code optimisation (the same operations; results may
-# differ in the last bits, and the parity and cross-backend tests hold
-# under them at their tolerances). tests/test_tasks.py and
-# tests/test_backbone.py under JAX: 260 CPU seconds without, 169 with
-# (docs/benchmarks.md, issue 17). Only where JAX does the work: the JAX
-# session and the JAX processes other sessions start (`light_xla_env`); an
-# explicit XLA_FLAGS in the environment wins.
+# effort on machine-code optimisation and emit fused loops with its older
+# emitters, which compile in about half the time of the MLIR-based ones
+# (the same operations; results may differ in the last bits, and the
+# parity and cross-backend tests hold under them at their tolerances).
+# Under JAX, tests/test_tasks.py and tests/test_backbone.py: 260 CPU
+# seconds without the first two flags, 169 with them; tests/test_components.py
+# and tests/test_pretraining_objective.py: 157 with the first two, 84 with
+# all three (docs/benchmarks.md, issue 17). Only where JAX does the work:
+# the JAX session and the JAX processes other sessions start
+# (`light_xla_env`); an explicit XLA_FLAGS in the environment wins.
 LIGHT_XLA_FLAGS = ("--xla_backend_optimization_level=0 "
-                   "--xla_llvm_disable_expensive_passes=true")
+                   "--xla_llvm_disable_expensive_passes=true "
+                   "--xla_cpu_use_fusion_emitters=false")
 
 
 def light_xla_env(env, backend):
