@@ -39,6 +39,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def parse_args(argv=None):
     from keras_interbert.utils.cli import add_jit_compile_argument
+    from keras_interbert.utils.cli import add_run_eagerly_argument
+    from keras_interbert.utils.cli import step_options
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="Run directory.")
@@ -95,6 +97,7 @@ def parse_args(argv=None):
         "TensorFlow on CPU, `true` compiles the step with XLA: the "
         "quickstart's step of 128 pairs costs about a fifth less after 7-10 s "
         "of compilation (docs/benchmarks.md).")
+    add_run_eagerly_argument(train)
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--verbose", type=int, default=1)
     train.add_argument("--crash-after-steps", type=int, default=None,
@@ -104,11 +107,16 @@ def parse_args(argv=None):
     evaluation.add_argument("--eval-split", default="test")
     evaluation.add_argument("--eval-batch-size", type=int, default=1000)
     evaluation.add_argument("--no-eval", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        step_options(args)
+    except ValueError as e:
+        p.error(str(e))
+    return args
 
 
 # Arguments that may change between the attempts of one run.
-NOT_DEFINING = ("out", "verbose", "crash_after_steps")
+NOT_DEFINING = ("out", "verbose", "crash_after_steps", "run_eagerly")
 
 
 def main(argv=None):
@@ -180,7 +188,7 @@ def main(argv=None):
     train = retrieval_training_dataset(table, captions, tokenizer, config,
                                        hard_negatives=hard_negatives,
                                        split="train")
-    from keras_interbert.utils.cli import JIT_COMPILE
+    from keras_interbert.utils.cli import step_options
 
     retriever.compile(optimizer=finetuning_optimizer(
         total_steps=total, learning_rate=args.learning_rate,
@@ -188,7 +196,7 @@ def main(argv=None):
         decay_epochs=decay, weight_decay=args.weight_decay,
         ema_momentum=args.ema_momentum), itc_weight=args.itc_weight,
         ranking_weight=args.ranking_weight,
-        jit_compile=JIT_COMPILE[args.jit_compile])
+        **step_options(args))
     if args.ema_momentum and args.ema_momentum ** total > 0.5:
         print(f"warning: EMA momentum {args.ema_momentum} over {total} steps "
               f"keeps {args.ema_momentum ** total:.0%} of the initial weights "

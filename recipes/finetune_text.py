@@ -27,6 +27,8 @@ import time
 
 
 def parse_args(argv=None):
+    from keras_interbert.utils.cli import add_run_eagerly_argument
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--init", required=True,
@@ -42,6 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=2e-5)
     p.add_argument("--warmup-fraction", type=float, default=0.1)
+    add_run_eagerly_argument(p)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--verbose", type=int, default=1)
     p.add_argument("--crash-after-steps", type=int, default=None,
@@ -51,7 +54,7 @@ def parse_args(argv=None):
 
 
 # Arguments that may change between the attempts of one run.
-NOT_DEFINING = ("out", "verbose", "crash_after_steps")
+NOT_DEFINING = ("out", "verbose", "crash_after_steps", "run_eagerly")
 
 
 def main(argv=None):
@@ -71,6 +74,7 @@ def main(argv=None):
     from keras_interbert.training import plot_history
     from keras_interbert.training import save_model_atomically
     from keras_interbert.utils.atomic import write_json_atomically
+    from keras_interbert.utils.cli import step_options
     from keras_interbert.utils.run_directory import claim_run_directory
     from keras_interbert.utils.run_directory import run_arguments
 
@@ -97,7 +101,8 @@ def main(argv=None):
     steps = max(1, train.num_examples // args.batch_size)
     model.compile(optimizer=finetuning_optimizer(
         total_steps=steps * args.epochs, learning_rate=args.learning_rate,
-        warmup_fraction=args.warmup_fraction, decay_epochs=()))
+        warmup_fraction=args.warmup_fraction, decay_epochs=()),
+        **step_options(args))
     resume = ResumableFit(args.out, steps_per_epoch=steps,
                           crash_after_steps=args.crash_after_steps)
     train_data = resume.skip(text_classification_dataset(train, tokenizer,

@@ -27,6 +27,8 @@ import time
 
 
 def parse_args(argv=None):
+    from keras_interbert.utils.cli import add_run_eagerly_argument
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--init", required=True,
@@ -48,6 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--ema-momentum", type=float, default=None)
     p.add_argument("--train-split", default="train")
     p.add_argument("--eval-split", default="val")
+    add_run_eagerly_argument(p)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--verbose", type=int, default=1)
     p.add_argument("--crash-after-steps", type=int, default=None,
@@ -57,7 +60,7 @@ def parse_args(argv=None):
 
 
 # Arguments that may change between the attempts of one run.
-NOT_DEFINING = ("out", "verbose", "crash_after_steps")
+NOT_DEFINING = ("out", "verbose", "crash_after_steps", "run_eagerly")
 
 
 def alternate(first, second):
@@ -90,6 +93,7 @@ def main(argv=None):
     from keras_interbert.training import plot_history
     from keras_interbert.training import save_model_atomically
     from keras_interbert.utils.atomic import write_json_atomically
+    from keras_interbert.utils.cli import step_options
     from keras_interbert.utils.run_directory import claim_run_directory
     from keras_interbert.utils.run_directory import run_arguments
 
@@ -131,7 +135,7 @@ def main(argv=None):
     model.compile(optimizer=finetuning_optimizer(
         total_steps=total, learning_rate=args.learning_rate,
         warmup_fraction=args.warmup_fraction, decay_epochs=(),
-        ema_momentum=args.ema_momentum))
+        ema_momentum=args.ema_momentum), **step_options(args))
     resume = ResumableFit(args.out, steps_per_epoch=steps,
                           crash_after_steps=args.crash_after_steps)
     train = resume.skip(alternate(q_a, qa_r))

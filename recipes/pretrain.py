@@ -28,6 +28,8 @@ import time
 
 def parse_args(argv=None):
     from keras_interbert.utils.cli import add_jit_compile_argument
+    from keras_interbert.utils.cli import add_run_eagerly_argument
+    from keras_interbert.utils.cli import step_options
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="Run directory.")
@@ -119,12 +121,17 @@ def parse_args(argv=None):
     train.add_argument("--mixed-precision", default="float32",
                        choices=("float32", "mixed_bfloat16", "mixed_float16"))
     add_jit_compile_argument(train, "passed to compile.")
+    add_run_eagerly_argument(train)
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--verbose", type=int, default=1)
     train.add_argument("--crash-after-steps", type=int, default=None,
                        help="Testing aid: end the process abruptly (as a "
                        "kill would) after this many steps of this attempt.")
     args = p.parse_args(argv)
+    try:
+        step_options(args)
+    except ValueError as e:
+        p.error(str(e))
     if args.validation_steps < 1:
         p.error(f"--validation-steps must be at least 1; received "
                 f"{args.validation_steps}.")
@@ -133,7 +140,7 @@ def parse_args(argv=None):
 
 # Arguments that may change between the attempts of one run; every other
 # one defines the run, and a resume must repeat it.
-NOT_DEFINING = ("out", "verbose", "crash_after_steps")
+NOT_DEFINING = ("out", "verbose", "crash_after_steps", "run_eagerly")
 
 # The heads that read the pooled vectors: a faster rate lets the matching
 # classifier reach the size its small fused vector needs (docs/pretraining.md).
@@ -311,12 +318,11 @@ def main(argv=None):
                 (pattern, args.head_learning_rate_multiplier)
                 for pattern in HEAD_PATTERNS
             ] if args.head_learning_rate_multiplier != 1.0 else [])
-        from keras_interbert.utils.cli import JIT_COMPILE
+        from keras_interbert.utils.cli import step_options
 
-        jit = JIT_COMPILE[args.jit_compile]
         model.compile(optimizer=optimizer, msm_weight=args.msm_weight,
                       mrm_weight=mrm_weight, itm_weight=args.itm_weight,
-                      itc_weight=args.itc_weight, jit_compile=jit)
+                      itc_weight=args.itc_weight, **step_options(args))
 
     def data_config(**overrides):
         return PretrainingDataConfig(**dict(dict(

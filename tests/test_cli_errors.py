@@ -61,3 +61,40 @@ def test_run_main_keeps_bugs_loud():
         run_main(broken)
     assert run_main(lambda: True) == 0 and run_main(lambda: False) == 1
     assert run_main(lambda: None) == 0 and run_main(lambda: 3) == 3
+
+
+def test_run_eagerly_and_xla_exclude_each_other(capsys):
+    """`--run-eagerly` turns tracing and XLA off; with `--jit-compile true`
+    the command line is refused before anything runs."""
+    sys.path.insert(0, os.path.join(REPO_ROOT, "recipes"))
+    try:
+        import finetune_retrieval
+        import finetune_text
+        import finetune_vcr
+        import pretrain
+    finally:
+        sys.path.pop(0)
+    from keras_interbert.utils.cli import step_options
+
+    required = {
+        pretrain: ["--out", "o", "--data", "d"],
+        finetune_retrieval: ["--out", "o", "--init", "m", "--data", "d"],
+        finetune_text: ["--out", "o", "--init", "m", "--task-dir", "t"],
+        finetune_vcr: ["--out", "o", "--init", "m", "--data", "d"],
+    }
+    for module, argv in required.items():
+        assert step_options(module.parse_args(argv)) == {
+            "run_eagerly": False, "jit_compile": "auto"}
+        assert step_options(module.parse_args(argv + ["--run-eagerly"])) == {
+            "run_eagerly": True, "jit_compile": False}
+        # Not a defining argument: a run may be resumed either way.
+        assert "run_eagerly" in module.NOT_DEFINING
+    for module in (pretrain, finetune_retrieval):
+        with pytest.raises(SystemExit):
+            module.parse_args(required[module] + ["--run-eagerly",
+                                                  "--jit-compile", "true"])
+        assert ("--run-eagerly and --jit-compile true exclude each other"
+                in capsys.readouterr().err)
+        assert step_options(module.parse_args(
+            required[module] + ["--jit-compile", "false"]))[
+                "jit_compile"] is False

@@ -140,8 +140,7 @@ def test_pretraining_runs_on_extracted_photographs(photo_folder):
     pretrain.main(
         ["--out", str(run), "--data", str(out), "--steps", "2",
          "--steps-per-epoch", "2", "--batch-size", "2", "--max-regions", "6",
-         "--validation-steps", "1", "--verbose", "0",
-         "--jit-compile", "false"])
+         "--validation-steps", "1", "--verbose", "0", "--run-eagerly"])
     with open(run / "metrics.json") as f:
         metrics = json.load(f)
     assert metrics["steps"] == 2

@@ -61,7 +61,7 @@ def test_pretrained_file_holds_the_runs_preprocessor(synthetic, tmp_path):
     pretrain = _pretrain_recipe()
     common = ["--data", synthetic, "--steps", "2", "--steps-per-epoch", "2",
               "--batch-size", "4", "--validation-steps", "1",
-              "--verbose", "0", "--jit-compile", "false"]
+              "--verbose", "0", "--run-eagerly"]
     first = str(tmp_path / "first")
     pretrain.main(["--out", first, "--sequence-length", "20",
                    "--max-regions", "6", "--msm", "token", "--mrm", "random",

@@ -214,8 +214,14 @@ def setup(tmp_path_factory):
 # retrieval), so that a resume at the wrong schedule position would show.
 # Retrieval also keeps a moving average of the weights (--ema-momentum; the
 # saved model holds the averaged weights), so a resume that lost the
-# average would show too.
+# average would show too. Every run is eager (`--run-eagerly`): at these
+# sizes tracing the steps costs more than running them, and what is checked
+# here (the backup, the resume, the outputs) is the same either way.
 def recipe_argv(recipe, s):
+    return _recipe_argv(recipe, s) + ["--run-eagerly"]
+
+
+def _recipe_argv(recipe, s):
     if recipe == "finetune_retrieval":
         return ["--init", s["pretrained"], "--data", s["data"], "--epochs",
                 "3", "--steps-per-epoch", "2", "--batch-size", "4",

@@ -19,7 +19,7 @@ def run_recipe(out, data, *extra):
     cmd = [sys.executable, RECIPE, "--out", out, "--data", data,
            "--steps", "6", "--steps-per-epoch", "2", "--batch-size", "4",
            "--max-regions", "6", "--validation-steps", "1", "--verbose", "0",
-           "--learning-rate", "1e-3", "--jit-compile", "false", *extra]
+           "--learning-rate", "1e-3", "--run-eagerly", *extra]
     return subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=900)
 
