@@ -105,21 +105,7 @@ def pytest_runtest_protocol(item, nextitem):
         f.write(f"{own:.1f}\t{children:.1f}\t{wall:.1f}\t{item.nodeid}\n")
 
 
-# Under `make test` (INTERBERT_ONCE_BACKEND set: three sessions share two
-# cores) each session runs its longest files first: the learning runs use
-# both cores while the other sessions' short tests leave gaps (waiting on
-# their processes, single-threaded set-up), and the short tests that end the
-# session fill the cores until every session is done. Run last, the
-# retrieval learning test kept the TensorFlow session going alone for its
-# last three and a half minutes (docs/benchmarks.md, tenth pass). The
-# results do not depend on the order: every test seeds what it draws.
-LONGEST_FIRST = ("test_retrieval_learning.py", "test_pretraining_learning.py")
-
-
 def pytest_collection_modifyitems(config, items):
-    if ONCE_BACKEND is not None:
-        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     for item in items:
         if "tensorflow_only" in item.keywords and BACKEND != "tensorflow":
             item.add_marker(pytest.mark.skip(
