@@ -214,14 +214,8 @@ def setup(tmp_path_factory):
 # retrieval), so that a resume at the wrong schedule position would show.
 # Retrieval also keeps a moving average of the weights (--ema-momentum; the
 # saved model holds the averaged weights), so a resume that lost the
-# average would show too. Every run is eager (`--run-eagerly`): at these
-# sizes tracing the steps costs more than running them, and what is checked
-# here (the backup, the resume, the outputs) is the same either way.
+# average would show too.
 def recipe_argv(recipe, s):
-    return _recipe_argv(recipe, s) + ["--run-eagerly"]
-
-
-def _recipe_argv(recipe, s):
     if recipe == "finetune_retrieval":
         return ["--init", s["pretrained"], "--data", s["data"], "--epochs",
                 "3", "--steps-per-epoch", "2", "--batch-size", "4",
@@ -241,11 +235,16 @@ def _recipe_argv(recipe, s):
 
 
 def run_recipe(recipe, out, argv, *extra):
+    """The recipe in a process of its own, eager (`--run-eagerly`): at
+    these sizes tracing the steps costs more than running them, and what is
+    checked here (the backup, the resume, the outputs) is the same either
+    way."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                KERAS_BACKEND=RECIPE_BACKEND)
     command = [sys.executable, os.path.join(REPO_ROOT, "recipes",
                                             f"{recipe}.py"),
-               "--out", out, "--verbose", "0", *argv, *extra]
+               "--out", out, "--verbose", "0", "--run-eagerly", *argv,
+               *extra]
     return subprocess.run(command, env=env, cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=900)
 
