@@ -122,6 +122,96 @@ def test_losses_match_a_hand_computation():
         np.testing.assert_allclose(logs[name], value, rtol=1e-5, err_msg=name)
 
 
+def gathered_batch(x, y, extra_slots=3):
+    """The batch with its MSM targets at `msm_positions` ([B, M], as the
+    pipeline gives them): each row's targets first, then padding slots
+    (position 0, label 0, weight 0) up to the largest count plus
+    `extra_slots`."""
+    counts = (y["msm_weights"] > 0).sum(1)
+    width = counts.max() + extra_slots
+    positions = np.zeros((len(counts), width), "int32")
+    labels = np.zeros((len(counts), width), "int32")
+    weights = np.zeros((len(counts), width), "float32")
+    for row in range(len(counts)):
+        where = np.flatnonzero(y["msm_weights"][row])
+        positions[row, :len(where)] = where
+        labels[row, :len(where)] = y["msm_labels"][row, where]
+        weights[row, :len(where)] = y["msm_weights"][row, where]
+    return (dict(x, msm_positions=positions),
+            dict(y, msm_labels=labels, msm_weights=weights))
+
+
+def test_flat_msm_positions_give_the_padded_heads_rows():
+    # `msm_flat_positions` (the targets alone, indices into the flattened
+    # [B * T] text) gives the rows of the padded layout's logits that hold a
+    # target, the other outputs unchanged, and the same losses.
+    model = build_pretrainer()
+    x, y = gathered_batch(*fixed_batch())
+    padded = to_numpy(model(x, training=False))
+    slots = np.argwhere(y["msm_weights"] != 0)
+    length = x["token_ids"].shape[1]
+    flat = (slots[:, 0] * length
+            + x["msm_positions"][slots[:, 0], slots[:, 1]]).astype("int32")
+    alone_x = {k: v for k, v in x.items() if k != "msm_positions"}
+    alone = to_numpy(model(dict(alone_x, msm_flat_positions=flat),
+                           training=False))
+    assert alone["msm_logits"].shape == (1, len(slots),
+                                         padded["msm_logits"].shape[-1])
+    np.testing.assert_allclose(
+        alone["msm_logits"][0],
+        padded["msm_logits"][slots[:, 0], slots[:, 1]], rtol=1e-5, atol=1e-5)
+    for name in ("mrm_logits", "itm_logits"):
+        np.testing.assert_allclose(alone[name], padded[name], rtol=1e-5,
+                                   atol=1e-6)
+    alone_y = dict(y, msm_labels=y["msm_labels"][slots[:, 0], slots[:, 1]][None],
+                   msm_weights=y["msm_weights"][slots[:, 0], slots[:, 1]][None])
+    got = floats(model.pretraining_losses(alone_y, alone))
+    expected = floats(model.pretraining_losses(y, padded))
+    assert set(got) == LOGGED
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, err_msg=name)
+    with pytest.raises(ValueError, match="not both"):
+        model(dict(x, msm_flat_positions=flat))
+
+
+@pytest.mark.tensorflow_only
+def test_tensorflow_step_trains_on_the_msm_targets_alone(monkeypatch):
+    # The TensorFlow train and test steps drop the padding slots of the
+    # masked-segment targets (`tensorflow_steps._msm_targets_alone`): two
+    # updates and an evaluation must give what the padded layout gives.
+    from keras_interbert.models import tensorflow_steps
+
+    x, y = gathered_batch(*fixed_batch())
+    seen = []
+    alone = tensorflow_steps._msm_targets_alone
+
+    def spy(model, x, y):
+        x, y = alone(model, x, y)
+        seen.append("msm_flat_positions" in x)
+        return x, y
+
+    results = []
+    for step in (lambda model, x, y: (x, y), spy):
+        monkeypatch.setattr(tensorflow_steps, "_msm_targets_alone", step)
+        model = build_pretrainer()
+        model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=False)
+        history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False,
+                            verbose=0).history
+        logs = model.evaluate(x, y, batch_size=4, verbose=0,
+                              return_dict=True)
+        results.append((history, logs, model.get_weights()))
+    assert seen and all(seen)
+    (history, logs, weights), (history2, logs2, weights2) = results
+    assert set(history) == set(logs) == LOGGED
+    for name in LOGGED:
+        np.testing.assert_allclose(history2[name], history[name], rtol=1e-5,
+                                   err_msg=name)
+        np.testing.assert_allclose(logs2[name], logs[name], rtol=1e-5,
+                                   err_msg=name)
+    for a, b in zip(weights, weights2):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_mrm_ignores_negative_pairs_and_counts_globally():
     rng = np.random.default_rng(1)
     _, y = fixed_batch()

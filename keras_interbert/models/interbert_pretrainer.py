@@ -135,7 +135,8 @@ class InterBERTPretrainer(BackboneTask):
         }
         self.set_preprocessor(preprocessor)
 
-    extra_input_names = ("msm_positions", "mrm_positions", "itc_token_ids")
+    extra_input_names = ("msm_positions", "msm_flat_positions",
+                         "mrm_positions", "itc_token_ids")
 
     def _image_feature_dim(self):
         return self.backbone.image_feature_dim
@@ -143,7 +144,11 @@ class InterBERTPretrainer(BackboneTask):
     def call(self, inputs, training=None, mask=None):
         # With `msm_positions` ([B, M] int) the masked-segment head computes
         # vocabulary logits only there ([B, M, V]), where its cost goes; with
-        # `mrm_positions` ([B, K] int) the region head only at those slots.
+        # `msm_flat_positions` ([N] int, indices into the batch's text
+        # positions flattened to [B * T], which the TensorFlow training step
+        # gives: its targets alone, without the padding slots) only there
+        # ([1, N, V]); with `mrm_positions` ([B, K] int) the region head
+        # only at those slots.
         if not (isinstance(inputs, dict)
                 and any(k in inputs for k in self.extra_input_names)):
             return super().call(inputs, training=training, mask=mask)
@@ -155,9 +160,17 @@ class InterBERTPretrainer(BackboneTask):
         if "mrm_positions" in inputs:
             slots = ops.expand_dims(ops.cast(inputs["mrm_positions"], "int32"), -1)
             image = ops.take_along_axis(image, slots, axis=1)
+        text = features["text_sequence"]
+        msm_positions = inputs.get("msm_positions")
+        if "msm_flat_positions" in inputs:
+            if msm_positions is not None:
+                raise ValueError(
+                    "InterBERTPretrainer: give `msm_positions` or "
+                    "`msm_flat_positions`, not both.")
+            text = ops.reshape(text, (1, -1, ops.shape(text)[-1]))
+            msm_positions = ops.expand_dims(inputs["msm_flat_positions"], 0)
         outputs = {
-            "msm_logits": self.msm_head(features["text_sequence"],
-                                        positions=inputs.get("msm_positions")),
+            "msm_logits": self.msm_head(text, positions=msm_positions),
             "mrm_logits": self.mrm_head(image),
             "itm_logits": self.itm_head(features["text_pooled"],
                                         features["image_pooled"],

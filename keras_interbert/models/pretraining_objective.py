@@ -183,7 +183,11 @@ class PretrainingObjective:
         targets) and, for MSM and ITM, `<task>_correct`.
         """
         self.check_targets(y)
-        some_logits = y_pred[f"{self.tasks[0]}_logits"]
+        # One row per pair: the matching logits, which the model always
+        # returns (the masked-segment logits may hold the targets alone,
+        # [1, N, V], see `InterBERTPretrainer.call`).
+        some_logits = y_pred.get("itm_logits",
+                                 y_pred[f"{self.tasks[0]}_logits"])
         stats = {"batch_size": _count_rows(some_logits)}
         if "msm" in self.tasks:
             logits = ops.cast(y_pred["msm_logits"], "float32")

@@ -21,6 +21,36 @@ def _unpack(model, data):
     return x, y
 
 
+def _msm_targets_alone(model, x, y):
+    """`(x, y)` with the masked-segment targets without their padding.
+
+    The pipeline gives each caption as many target slots as the batch's
+    largest masked span needs (rounded up to 8); most of them are padding
+    (weight 0): in the quickstart's batches about 95 targets fill 470 slots.
+    The head's vocabulary-wide logits, their softmax and their gradient are
+    most of a small model's step, so the step gathers the targets with a
+    nonzero weight: `x["msm_flat_positions"]` [N] (their positions in the
+    batch's flattened text), `y["msm_labels"]` and `y["msm_weights"]`
+    [1, N]. The loss, its gradient and the metrics are the same sums
+    without the terms of weight 0. Not under XLA (`jit_compile`), which
+    needs static shapes: there the padded slots stay.
+    """
+    if (model.jit_compile or not isinstance(x, dict)
+            or "msm_positions" not in x or not isinstance(y, dict)
+            or "msm_weights" not in y
+            or "msm" not in model._objective.tasks):
+        return x, y
+    weights = y["msm_weights"]
+    slots = tf.where(tf.not_equal(weights, 0))
+    positions = tf.gather_nd(tf.cast(x["msm_positions"], tf.int32), slots)
+    length = tf.shape(x["token_ids"])[1]
+    x = {k: v for k, v in x.items() if k != "msm_positions"}
+    x["msm_flat_positions"] = tf.cast(slots[:, 0], tf.int32) * length + positions
+    y = dict(y, msm_labels=tf.gather_nd(y["msm_labels"], slots)[None],
+             msm_weights=tf.gather_nd(weights, slots)[None])
+    return x, y
+
+
 def _agree_on_finiteness(grads):
     """Makes every replica's gradients non-finite if any replica's are.
 
@@ -65,7 +95,7 @@ def _check_optimizer(optimizer):
 
 def train_step(model, data):
     _check_optimizer(model.optimizer)
-    x, y = _unpack(model, data)
+    x, y = _msm_targets_alone(model, *_unpack(model, data))
     with tf.GradientTape() as tape:
         y_pred = model(x, training=True)
         loss, values, totals = model._pretraining_loss(y, y_pred)
@@ -81,7 +111,7 @@ def train_step(model, data):
 
 
 def test_step(model, data):
-    x, y = _unpack(model, data)
+    x, y = _msm_targets_alone(model, *_unpack(model, data))
     y_pred = model(x, training=False)
     _, values, totals = model._pretraining_loss(y, y_pred)
     model._update_loss_tracker(values, totals)
