@@ -135,12 +135,16 @@ def model_flops_per_pair(config, text_len=TEXT_LEN, slots=SLOTS,
     return flops
 
 
-def step_flops(config, batch_size, heads, task="pretraining"):
+def step_flops(config, batch_size, heads, task="pretraining", side=None):
     """Model FLOPs of one step: 3 x forward for training (backward = 2 x),
     1 x forward for `scoring`.
 
     `retrieval` and `scoring` need the encoder, the poolers and the matching
-    classifier only (no masked-segment or masked-region logits).
+    classifier only (no masked-segment or masked-region logits). The
+    `targets` pretraining step computes the masked-segment head at the
+    `MSM_WIDTH` padded positions, except TensorFlow without XLA (`side`
+    "tensorflow"), whose step drops the padding slots and computes it at
+    the `MSM_TARGETS` alone (`tensorflow_steps._msm_targets_alone`).
     """
     if task != "pretraining":
         text_len, slots = TASK_SHAPES[task]
@@ -148,7 +152,8 @@ def step_flops(config, batch_size, heads, task="pretraining"):
                                         msm_positions=0, mrm_positions=0)
         return (1 if task == "scoring" else 3) * per_pair * batch_size
     if heads == "targets":
-        per_pair = model_flops_per_pair(config, msm_positions=MSM_WIDTH,
+        msm = len(MSM_TARGETS) if side == "tensorflow" else MSM_WIDTH
+        per_pair = model_flops_per_pair(config, msm_positions=msm,
                                         mrm_positions=MRM_WIDTH)
     else:
         per_pair = model_flops_per_pair(config)
@@ -716,7 +721,8 @@ def add_ratios(results, configs, tasks=("pretraining",)):
     for r in results:
         config = preset_backbone_config(CONFIGS[r["config"]])
         task = r.get("task", "pretraining")
-        flops = step_flops(config, r["batch_size"], r["heads"], task)
+        flops = step_flops(config, r["batch_size"], r["heads"], task,
+                           side=r["side"])
         r["model_gflop_per_step"] = flops / 1e9
         r["achieved_gflops"] = flops / r["step_seconds"] / 1e9
         r["utilisation"] = r["achieved_gflops"] / r["peak_gflops"]

@@ -4,6 +4,7 @@ import re
 import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
+from tensorflow_text.python.ops import regex_split_ops
 
 from keras_interbert import presets
 
@@ -33,6 +34,36 @@ _PUNCTUATION = r"[!-/:-@\[-`{-~\p{P}]"
 # to the unknown token.
 _MAX_CHARACTERS_PER_WORD = 100
 _REQUIRED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# The op behind `tf_text.regex_split`, called directly by `_regex_split`.
+_REGEX_SPLIT_OPS = regex_split_ops.gen_regex_split_ops
+
+
+def _ragged(values, row_splits):
+    """A `tf.RaggedTensor` from splits this module computed itself, so
+    without the validation asserts `from_row_splits` adds by default.
+
+    Each validated construction puts conditional assert ops in the graph,
+    and a `tf.data` pipeline instantiates every one of them again each
+    time an iterator over it is created (every `fit`, `evaluate` and
+    `predict` call, every epoch of a finite data set): with them, creating
+    an iterator over the tokenizer alone cost about 0.27 CPU s, without
+    them about 0.05 (docs/benchmarks.md, issue 17, eleventh pass).
+    """
+    return tf.RaggedTensor.from_row_splits(values, row_splits, validate=False)
+
+
+def _regex_split(text, delimiters, kept):
+    """`tf_text.regex_split` of a `[N]` string tensor into `[N, None]` pieces,
+    built without validation asserts (`_ragged`). As there, `delimiters`
+    split the text and those that also match `kept` stay as pieces."""
+    # Through a reshape, as `tf_text.regex_split` does: the op's shape
+    # function wants rank 1, and grappler would otherwise carry that rank
+    # back through an `identity` onto the input itself, folding an exported
+    # signature's rank check on it (`export.serving_inputs`) to "passed".
+    pieces, _, _, row_splits = _REGEX_SPLIT_OPS.regex_split_with_offsets(
+        tf.reshape(text, [-1]), f"({delimiters})".encode(),
+        f"({kept})".encode())
+    return _ragged(pieces, row_splits)
 
 
 def _read_vocabulary(vocabulary):
@@ -241,11 +272,7 @@ class InterBERTTokenizer(keras.layers.Layer):
             # sigma is always "σ"; ICU would give "ς" at the end of a word.
             text = tf.strings.regex_replace(text, "\u03a3", "\u03c3")
             text = tf.strings.lower(text, encoding="utf-8")
-        return tf_text.regex_split(
-            text,
-            delim_regex_pattern=r"\s|" + _PUNCTUATION,
-            keep_delim_regex_pattern=_PUNCTUATION,
-        )
+        return _regex_split(text, r"\s|" + _PUNCTUATION, _PUNCTUATION)
 
     def split_words(self, inputs):
         """Basic (pre-)tokenization: a `[B]` string tensor to ragged words."""
@@ -256,22 +283,31 @@ class InterBERTTokenizer(keras.layers.Layer):
         # in the raw text is cut out first and kept whole; the text between
         # is normalised and split on its own.
         pattern = "|".join(re.escape(t) for t in _REQUIRED_TOKENS)
-        pieces = tf_text.regex_split(text, pattern, pattern)
+        pieces = _regex_split(text, pattern, pattern)
         flat = pieces.flat_values
-        is_special = tf.strings.regex_full_match(flat, pattern)[:, tf.newaxis]
+        is_special = tf.strings.regex_full_match(flat, pattern)
         ordinary = self._basic_split(flat)
-        ordinary = tf.ragged.boolean_mask(
-            ordinary,
-            tf.logical_and(tf.ones_like(ordinary, dtype=tf.bool),
-                           tf.logical_not(is_special)),
-        )
-        special = tf.ragged.boolean_mask(flat[:, tf.newaxis], is_special)
-        words = tf.concat(
-            [special.with_row_splits_dtype(ordinary.row_splits.dtype),
-             ordinary],
-            axis=1,
-        )
-        return pieces.with_flat_values(words).merge_dims(1, 2)
+        # Each piece's words: a special piece is one word, itself; another
+        # its normalised, split words. Gathered from `ordinary`'s words
+        # followed by the pieces, so that the row splits are computed here
+        # (no validation asserts, `_ragged`).
+        ordinary_splits = ordinary.row_splits
+        lengths = tf.where(is_special, tf.ones_like(ordinary_splits[1:]),
+                           ordinary_splits[1:] - ordinary_splits[:-1])
+        word_splits = tf.concat(
+            [tf.zeros([1], lengths.dtype), tf.cumsum(lengths)], axis=0)
+        word = tf.range(word_splits[-1])
+        piece = tf.searchsorted(word_splits, word, side="right",
+                                out_type=word.dtype) - 1
+        source = tf.where(
+            tf.gather(is_special, piece),
+            tf.size(ordinary.flat_values, out_type=word.dtype) + piece,
+            tf.gather(ordinary_splits, piece) + word
+            - tf.gather(word_splits, piece))
+        words = tf.gather(tf.concat([ordinary.flat_values, flat], axis=0),
+                          source)
+        return _ragged(words, tf.gather(
+            word_splits, tf.cast(pieces.row_splits, word_splits.dtype)))
 
     def tokenize(self, inputs):
         self._check_vocabulary()
@@ -292,7 +328,11 @@ class InterBERTTokenizer(keras.layers.Layer):
         words = words.with_flat_values(
             tf.where(too_long, "[UNK]", words.flat_values)
         )
-        ids = self._word_piece.tokenize(words).merge_dims(-2, -1)
+        pieces = self._word_piece.tokenize(words)  # [B, words, pieces]
+        # The pieces of each text, its words' pieces one after the other
+        # (`merge_dims(-2, -1)` without its validation asserts, `_ragged`).
+        ids = _ragged(pieces.flat_values,
+                      tf.gather(pieces.values.row_splits, pieces.row_splits))
         if rank == 0:
             return ids[0]
         return ids

@@ -39,6 +39,37 @@ def _keep_first(ids, lengths):
         tf.boolean_mask(ids.values, keep), kept, validate=False)
 
 
+def _concat_rows(parts, batch):
+    """Row `i` of every part, one after the other: `tf.concat(parts, axis=1)`
+    of `[B, None]` int32 ragged and `[B, k]` dense parts, without the
+    validation asserts of the ragged concatenation (each adds conditional
+    ops that a `tf.data` pipeline instantiates again for every iterator;
+    see `interbert_tokenizer._ragged`)."""
+    lengths, rows, values = [], [], []
+    for part in parts:
+        if isinstance(part, tf.RaggedTensor):
+            lengths.append(part.row_lengths())
+            rows.append(part.value_rowids())
+            values.append(part.values)
+        else:
+            width = tf.shape(part, out_type=tf.int64)[1]
+            lengths.append(tf.fill([batch], width))
+            rows.append(tf.repeat(tf.range(batch), width))
+            values.append(tf.reshape(part, [-1]))
+    splits = tf.concat([tf.zeros([1], tf.int64),
+                        tf.cumsum(tf.add_n(lengths))], axis=0)
+    start = splits[:-1]  # where each row's next part begins
+    indices = []
+    for length, row in zip(lengths, rows):
+        first_of_row = tf.cumsum(length, exclusive=True)
+        position = tf.range(tf.size(row, out_type=tf.int64)) - tf.gather(
+            first_of_row, row)
+        indices.append(tf.cast(tf.gather(start, row) + position, tf.int32))
+        start = start + length
+    return tf.RaggedTensor.from_row_splits(
+        tf.dynamic_stitch(indices, values), splits, validate=False)
+
+
 def longest_first_lengths(length_a, length_b, budget):
     """Lengths after BERT's `_truncate_seq_pair` (pop from the longer).
 
@@ -174,8 +205,8 @@ class InterBERTTextPacker(keras.layers.Layer):
         if second is not None:
             pieces += [second, column(self.sep_id)]
             segments += [tf.ones_like(second), column(1)]
-        token_ids = tf.concat(pieces, axis=1)
-        segment_ids = tf.concat(segments, axis=1)
+        token_ids = _concat_rows(pieces, batch)
+        segment_ids = _concat_rows(segments, batch)
         # Cutting here is the whole of `truncate_after_packing`; otherwise the
         # sequence already fits and this changes nothing.
         token_ids = token_ids[:, : self.sequence_length]
