@@ -12,6 +12,7 @@ PYTEST_ARGS ?=
 # pipelines, files, processes that pick their own backend) when several
 # sessions run: PyTorch's, which has the most time to spare (tests/conftest.py).
 ONCE_BACKEND ?= $(if $(filter torch,$(BACKENDS)),torch,$(firstword $(BACKENDS)))
+TEST_NICE ?= 3
 QUICKSTART_ARGS ?=
 
 .PHONY: install install-test test test-serial test-long test-tensorflow test-jax test-torch quickstart benchmark clean
@@ -38,15 +39,21 @@ install-test: $(VENV)/.installed-test
 # all have finished. Much of the suite waits on single-threaded work (imports,
 # subprocesses, compilation), which overlaps well even on two cores (see
 # docs/benchmarks.md). `make test-serial` runs them one after the other.
+# The TensorFlow session holds the most work (its learning tests), so the
+# other sessions run at a lower priority (`nice -n $(TEST_NICE)`): the
+# cores go to it first and to them whenever it leaves one idle, and it no
+# longer ends alone on the cores (docs/benchmarks.md, eleventh pass).
+# `make test TEST_NICE=0` runs all three at the same priority.
 # `make test TEST_CPU=1` also records each test's CPU time in
 # .test-runs/BACKEND.cpu.tsv (tests/conftest.py); summarise them with
 # benchmarks/suite_cpu_report.py.
 test: install-test
 	@rm -rf .test-runs; mkdir -p .test-runs; \
 	for backend in $(BACKENDS); do \
+	  case $$backend in tensorflow) nice=0;; *) nice=$(TEST_NICE);; esac; \
 	  ( KERAS_BACKEND=$$backend INTERBERT_ONCE_BACKEND=$(ONCE_BACKEND) \
 	      $(if $(TEST_CPU),INTERBERT_TEST_CPU=$(CURDIR)/.test-runs/$$backend.cpu.tsv) \
-	      $(BIN)/python -m pytest -q -p no:cacheprovider --durations=12 \
+	      nice -n $$nice $(BIN)/python -m pytest -q -p no:cacheprovider --durations=12 \
 	      --basetemp=.test-runs/tmp-$$backend $(PYTEST_ARGS) \
 	      > .test-runs/$$backend.log 2>&1; echo $$? > .test-runs/$$backend.status ) & \
 	done; wait; status=0; \
