@@ -47,7 +47,7 @@ def _ragged(values, row_splits):
     time an iterator over it is created (every `fit`, `evaluate` and
     `predict` call, every epoch of a finite data set): with them, creating
     an iterator over the tokenizer alone cost about 0.27 CPU s, without
-    them about 0.05 (docs/benchmarks.md, issue 17, eleventh pass).
+    them about 0.02 (docs/benchmarks.md, issue 17, eleventh pass).
     """
     return tf.RaggedTensor.from_row_splits(values, row_splits, validate=False)
 
