@@ -10,7 +10,9 @@ BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
 # The session that runs the checks marked `once` (independent of the backend:
 # pipelines, files, processes that pick their own backend) when several
-# sessions run: PyTorch's, which has the most time to spare (tests/conftest.py).
+# sessions run: PyTorch's, whose own tests cost the least CPU time
+# (tests/conftest.py; with them it now ends last, about 75 s after
+# TensorFlow's, docs/benchmarks.md, eleventh pass).
 ONCE_BACKEND ?= $(if $(filter torch,$(BACKENDS)),torch,$(firstword $(BACKENDS)))
 TEST_NICE ?= 3
 QUICKSTART_ARGS ?=

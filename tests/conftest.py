@@ -55,7 +55,7 @@ BACKEND = keras.config.backend()
 # tf.data pipelines, numpy code or files, or it starts processes that choose
 # their own backend. With INTERBERT_ONCE_BACKEND set, it runs only in that
 # backend's session: `make test`, which runs the three sessions side by side
-# on one machine, names torch (the session with the most time to spare), so
+# on one machine, names torch (the session whose own tests cost the least), so
 # that such a check runs once instead of three times. Unset (a single
 # session, `make test-jax`, plain pytest), it runs in every session.
 # `every_backend` exempts a test of a module marked `once` (e.g. the one that

@@ -4,7 +4,7 @@ import re
 import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
-from tensorflow_text.python.ops import regex_split_ops
+from tensorflow_text.python.ops.regex_split_ops import gen_regex_split_ops
 
 from keras_interbert import presets
 
@@ -34,8 +34,6 @@ _PUNCTUATION = r"[!-/:-@\[-`{-~\p{P}]"
 # to the unknown token.
 _MAX_CHARACTERS_PER_WORD = 100
 _REQUIRED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-# The op behind `tf_text.regex_split`, called directly by `_regex_split`.
-_REGEX_SPLIT_OPS = regex_split_ops.gen_regex_split_ops
 
 
 def _ragged(values, row_splits):
@@ -60,7 +58,7 @@ def _regex_split(text, delimiters, kept):
     # function wants rank 1, and grappler would otherwise carry that rank
     # back through an `identity` onto the input itself, folding an exported
     # signature's rank check on it (`export.serving_inputs`) to "passed".
-    pieces, _, _, row_splits = _REGEX_SPLIT_OPS.regex_split_with_offsets(
+    pieces, _, _, row_splits = gen_regex_split_ops.regex_split_with_offsets(
         tf.reshape(text, [-1]), f"({delimiters})".encode(),
         f"({kept})".encode())
     return _ragged(pieces, row_splits)
