@@ -53,7 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--num-images", type=int, default=1000)
     p.add_argument("--feature-dim", type=int, default=256)
     p.add_argument("--max-regions", type=int, default=8)
-    p.add_argument("--pretrain-steps", type=int, default=300)
+    p.add_argument("--pretrain-steps", type=int, default=None,
+                   help="Default: the recipe's (quickstart.RECIPES).")
     p.add_argument("--finetune-steps", type=int, default=None,
                    help="Finetuning steps (default: the recipe's).")
     p.add_argument("--finetune-steps-per-epoch", type=int, default=100)

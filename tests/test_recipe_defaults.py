@@ -13,33 +13,37 @@ import quickstart  # noqa: E402
 # Argument parsing only: the same under every KERAS_BACKEND (conftest.py).
 pytestmark = pytest.mark.once
 
-SHARED = ("preset", "pretrain_batch_size", "pretrain_learning_rate",
-          "finetune_learning_rate", "finetune_epochs", "finetune_decay_epochs")
+SHARED = ("preset", "pretrain_steps", "pretrain_batch_size",
+          "pretrain_learning_rate", "finetune_learning_rate", "finetune_epochs",
+          "finetune_decay_epochs")
 
 
 def test_unset_settings_come_from_the_recipe():
     improved = quickstart.parse_args([])
-    assert (improved.preset, improved.pretrain_batch_size,
+    assert (improved.preset, improved.pretrain_steps,
+            improved.pretrain_batch_size,
             improved.pretrain_learning_rate, improved.finetune_learning_rate,
             improved.finetune_epochs, improved.finetune_decay_epochs) == (
-        "interbert_mini_en", 64, 1e-3, 1e-3, 12, "10")
+        "interbert_mini_en", 600, 64, 1e-3, 1e-3, 12, "10")
     faithful = quickstart.parse_args(["--recipe", "faithful", "--language",
                                       "zh"])
-    assert (faithful.preset, faithful.pretrain_batch_size,
+    assert (faithful.preset, faithful.pretrain_steps,
+            faithful.pretrain_batch_size,
             faithful.pretrain_learning_rate, faithful.finetune_learning_rate,
             faithful.finetune_epochs, faithful.finetune_decay_epochs) == (
-        "interbert_tiny_zh", 32, 5e-4, 5e-4, 10, "8")
+        "interbert_tiny_zh", 300, 32, 5e-4, 5e-4, 10, "8")
 
 
 def test_settings_given_on_the_command_line_are_kept():
     args = quickstart.parse_args([
-        "--preset", "interbert_tiny_en", "--pretrain-batch-size", "16",
+        "--preset", "interbert_tiny_en", "--pretrain-steps", "40",
+        "--pretrain-batch-size", "16",
         "--pretrain-learning-rate", "2e-4", "--finetune-learning-rate", "3e-4",
         "--finetune-epochs", "5", "--finetune-decay-epochs", ""])
-    assert (args.preset, args.pretrain_batch_size, args.pretrain_learning_rate,
-            args.finetune_learning_rate, args.finetune_epochs,
-            args.finetune_decay_epochs) == (
-        "interbert_tiny_en", 16, 2e-4, 3e-4, 5, "")
+    assert (args.preset, args.pretrain_steps, args.pretrain_batch_size,
+            args.pretrain_learning_rate, args.finetune_learning_rate,
+            args.finetune_epochs, args.finetune_decay_epochs) == (
+        "interbert_tiny_en", 40, 16, 2e-4, 3e-4, 5, "")
     # Five epochs: the decay after 80% of them, unless given.
     assert quickstart.parse_args(
         ["--finetune-epochs", "5"]).finetune_decay_epochs == "4"
