@@ -2,7 +2,8 @@
 
 1. Generates the bundled data set (rendered scenes of coloured shapes,
    English and Chinese captions, region features computed from the pixels).
-2. Pretrains the tiny model on it with `recipes/pretrain.py`: MSM + MRM +
+2. Pretrains the mini model (the tiny one for `--recipe faithful`) on it
+   with `recipes/pretrain.py`, 600 steps (faithful: 300): MSM + MRM +
    ITM plus the optional image-text contrastive task (`--recipe improved`,
    the default; docs/pretraining.md says why), or the published three tasks
    and settings alone (`--recipe faithful`).
