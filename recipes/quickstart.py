@@ -50,14 +50,16 @@ RECIPES = {
         # 600 against 300 steps (docs/results.md, session of 2026-12-02):
         # zero-shot text -> image R@1 28.4 -> 46.9 and held-out matching
         # accuracy on clean pairs 0.83 -> 0.88 over three seeds, the
-        # finetuned model level on the validation split, 50-110 s more.
+        # finetuned model level on the validation split, for about a minute
+        # more of pretraining on 2 cores.
         "pretrain_steps": 600,
         # Chosen on the validation split (docs/results.md): 1e-3 against
         # 5e-4 gained 2.1-5.0 points of text -> image R@1 in every seed tried.
         "finetune_learning_rate": 1e-3,
     },
     "faithful": {"preset": "interbert_tiny", "pretrain": [], "finetune": [],
-                 "learning_rate": 5e-4, "batch_size": 32, "pretrain_steps": 300,
+                 "learning_rate": 5e-4, "batch_size": 32,
+                 "pretrain_steps": 300,
                  "finetune_steps": 1000, "finetune_learning_rate": 5e-4},
 }
 
@@ -108,8 +110,8 @@ def parse_args(argv=None):
 def apply_recipe_defaults(args, finetune_steps=None):
     """Fills the settings `args` leaves unset (None or absent) with those of
     `RECIPES[args.recipe]`: the preset for `args.language`, the pretraining
-    steps, batch and learning rate, the finetuning learning rate, the finetuning
-    epochs (`finetune_steps`, default the recipe's, over
+    steps, batch and learning rate, the finetuning learning rate, the
+    finetuning epochs (`finetune_steps`, default the recipe's, over
     `args.finetune_steps_per_epoch`) and the decay after 80% of them.
     Shared with recipes/ablations.py, whose variants use the same settings."""
     recipe = RECIPES[args.recipe]

@@ -14,8 +14,8 @@ import quickstart  # noqa: E402
 pytestmark = pytest.mark.once
 
 SHARED = ("preset", "pretrain_steps", "pretrain_batch_size",
-          "pretrain_learning_rate", "finetune_learning_rate", "finetune_epochs",
-          "finetune_decay_epochs")
+          "pretrain_learning_rate", "finetune_learning_rate",
+          "finetune_epochs", "finetune_decay_epochs")
 
 
 def test_unset_settings_come_from_the_recipe():
