@@ -31,7 +31,12 @@ utilisation = model FLOPs per step / step time / that peak, with model FLOPs
 (`model_flops_per_pair`; the `targets` step does fewer). Memory: the child
 process's peak resident set (`ru_maxrss`), imports included; a `targets`
 row is the peak after its own steps, a `dense` row after both (it runs
-second), so the dense one is an upper bound of its own.
+second), so the dense one is an upper bound of its own. Each row also gives
+the resident set right after the child's imports (its framework's runtime:
+our children import TensorFlow and Keras whatever the backend, for
+keras-hub and the data pipeline; the original's child imports PyTorch and
+the authors' package only, its configuration comes from this process) and
+the peak above it, the memory of the model and its step.
 
     .venv/bin/python benchmarks/training_throughput.py --original ~/src/interbert-original \\
         --out reports/training_throughput
@@ -260,6 +265,18 @@ def _peak_rss_gib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
+def _rss_gib():
+    """The resident set now (Linux), else the peak so far."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    return _peak_rss_gib()
+
+
 def _cpu_seconds():
     import resource
 
@@ -321,9 +338,10 @@ def _import_original(directory):
 def original_worker(args):
     import torch
 
-    from keras_interbert.presets import preset_backbone_config
-
-    config = preset_backbone_config(CONFIGS[args.config])
+    # The configuration comes from the parent (`--backbone-config`): importing
+    # keras_interbert here would load TensorFlow and Keras into the authors'
+    # process and add their memory to its figures.
+    config = json.loads(args.backbone_config)
     fields = original_config(config)
     if args.config == "published":
         # The authors' own published file, checked against ours.
@@ -337,6 +355,7 @@ def original_worker(args):
             raise SystemExit(f"{path} differs from interbert_base_en: {differ}")
         fields = {**fields, **published}
     modules, optimization = _import_original(args.original)
+    args.import_rss_gib = _rss_gib()
     bert_config = modules.BertConfig.from_dict(fields)
     for key, value in fields.items():  # from_dict skips absent defaults
         setattr(bert_config, key, value)
@@ -403,6 +422,8 @@ def _time_original(args, model, step, heads):
             "torch": torch.__version__,
             "peak_gflops": max(peaks) / 1e9,
             "peak_rss_gib": _peak_rss_gib(),
+            "import_rss_gib": args.import_rss_gib,
+            "tensorflow_imported": "tensorflow" in sys.modules,
             "parameters": sum(p.numel() for p in model.parameters()),
             **_stats(times, args.batch_size, cpu)}
 
@@ -535,6 +556,7 @@ def ours_worker(args):
     from keras_interbert.optimizers import pretraining_optimizer
     from keras_interbert.presets import preset_backbone_config
 
+    args.import_rss_gib = _rss_gib()
     keras.config.set_dtype_policy(args.dtype)
     keras.utils.set_random_seed(0)
     config = preset_backbone_config(CONFIGS[args.config])
@@ -558,6 +580,7 @@ def ours_worker(args):
             "dtype": args.dtype,
             "first_step_seconds": first,
             "peak_rss_gib": _peak_rss_gib(),
+            "import_rss_gib": args.import_rss_gib,
             "parameters": model.count_params(),
             **_stats(times, B, cpu)})
     peaks.append(matmul_peak(matmul, ops.convert_to_numpy))
@@ -640,6 +663,7 @@ def _ours_matching(args, config):
     return [{"side": args.variant, "task": args.task, "heads": "itm",
              "dtype": args.dtype, "first_step_seconds": first,
              "peak_rss_gib": _peak_rss_gib(),
+             "import_rss_gib": args.import_rss_gib,
              "parameters": model.count_params(),
              "peak_gflops": max(peaks) / 1e9,
              **_stats(times, B, cpu)}]
@@ -679,9 +703,13 @@ def schedule(variants, rounds, every, with_original):
 
 def run_child(side, config, args):
     if side == "original":
+        from keras_interbert.presets import preset_backbone_config
+
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="torch")
         extra = ["--original", args.original,
-                 "--original-optimizer", args.original_optimizer]
+                 "--original-optimizer", args.original_optimizer,
+                 "--backbone-config",
+                 json.dumps(preset_backbone_config(CONFIGS[config]))]
     else:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                    KERAS_BACKEND=VARIANTS[side]["KERAS_BACKEND"])
@@ -752,12 +780,21 @@ def _figure(value):
     return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
 
 
+def _memory(r):
+    """'after imports | peak above them' of a row (— for older reports)."""
+    if "import_rss_gib" not in r:
+        return "— | —"
+    return (f"{r['import_rss_gib']:.2f} | "
+            f"{r['peak_rss_gib'] - r['import_rss_gib']:.2f}")
+
+
 def markdown(report):
     lines = [
         "| config | task | run | heads | pairs/s | × original (either side) | "
         "GFLOP/step | GFLOP/s | matmul peak GFLOP/s | utilisation | "
-        "peak RSS GiB | CPU s/step | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "peak RSS GiB | RSS after imports | peak above imports | "
+        "CPU s/step | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         ratio = f"**{r['ratio']:.2f}**" if "ratio" in r else "—"
         lines.append(
@@ -767,7 +804,8 @@ def markdown(report):
             f"{_figure(r['model_gflop_per_step'])} | "
             f"{r['achieved_gflops']:.1f} | "
             f"{r['peak_gflops']:.0f} | {100 * r['utilisation']:.0f}% | "
-            f"{r['peak_rss_gib']:.2f} | {r['cpu_seconds_per_step']:.2f} | "
+            f"{r['peak_rss_gib']:.2f} | {_memory(r)} | "
+            f"{r['cpu_seconds_per_step']:.2f} | "
             f"{r['load_average_before']:.1f}–"
             f"{r['load_average_after']:.1f} |")
     m = report["machine"]
@@ -816,6 +854,7 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     p.add_argument("--jit", default="false", help=argparse.SUPPRESS)
     p.add_argument("--task", default="pretraining", help=argparse.SUPPRESS)
+    p.add_argument("--backbone-config", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         if args.variant == "original":

@@ -230,3 +230,67 @@ def test_pretraining_step_benchmark_times_the_recipes_step(tmp_path):
     if BACKEND != "tensorflow":
         with pytest.raises(SystemExit):
             bench.main(["--data", data, "--profile"])
+
+
+# A stand-in for the authors' `bertmodel` package: the two classes and the
+# optimizer the benchmark's child builds, a few parameters each.
+_STAND_IN_MODULES = '''
+import torch
+
+
+class BertConfig:
+    @classmethod
+    def from_dict(cls, fields):
+        config = cls()
+        config.__dict__.update(fields)
+        return config
+
+
+class InterBertForMultiModalPreTraining(torch.nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(config.hidden_size))
+
+    def forward(self, ids, features, *rest):
+        loss = (self.weight.sum() * features.mean()) ** 2
+        return loss, loss, loss
+'''
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the original's child runs "
+                    "PyTorch")
+def test_original_child_imports_neither_tensorflow_nor_keras(tmp_path):
+    """The authors' child process gets its configuration from the parent:
+    importing keras_interbert there would load TensorFlow and Keras and add
+    their memory (about a gigabyte resident) to the original's figures."""
+    import json
+    import subprocess
+    import sys
+
+    from keras_interbert.presets import preset_backbone_config
+
+    package = tmp_path / "bertmodel"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "modules.py").write_text(_STAND_IN_MODULES)
+    (package / "optimization.py").write_text(
+        "from torch.optim import SGD\n\n\n"
+        "def BertAdam(parameters, lr, **options):\n"
+        "    return SGD(parameters, lr=lr)\n")
+    config = preset_backbone_config("interbert_tiny_en")
+    script = os.path.join(REPO_ROOT, "benchmarks", "training_throughput.py")
+    out = subprocess.run(
+        [sys.executable, script, "--worker", "--variant", "original",
+         "--config", "tiny", "--original", str(tmp_path),
+         "--backbone-config", json.dumps(config), "--batch-size", "2",
+         "--steps", "1", "--warmup", "1"],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=""))
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][0]
+    (row,) = json.loads(line[len("RESULT "):])
+    assert row["side"] == "original"
+    assert row["tensorflow_imported"] is False
+    hidden = _benchmark_module().original_config(config)["hidden_size"]
+    assert row["parameters"] == hidden
+    assert 0 < row["import_rss_gib"] <= row["peak_rss_gib"]
