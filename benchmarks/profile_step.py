@@ -23,11 +23,17 @@ time; shares are of the summed op time. Keras' own step overhead (Python,
 callbacks, the data iterator) runs outside the ops: compare the wall time
 with the op time per thread.
 
-Under XLA (TensorFlow + XLA, JAX) ops are fused: a fusion is counted as a
-matrix product when its name says `dot`/`matmul`/`gemm`/`convolution`,
-otherwise it goes to `other ops (fused elementwise)`; XLA keeps no per-layer
-scopes there, so the finer categories are only given for TensorFlow and
-PyTorch.
+Under XLA (TensorFlow + XLA, JAX) the profiler sees the compiled program's
+thunks: fusions and single HLO instructions, named `ynn_fusion.145`,
+`dot.85` and the like. The child has XLA dump the optimised HLO of its
+train step (`--xla_dump_to`), and each event is put into a category by what
+its instruction computes: a fusion that contains a `dot` or `convolution`
+is a matrix product; otherwise the instruction's `op_name` metadata (the
+name scope of the Keras layer and op that emitted it, e.g.
+`jit(train_step)/transpose(jvp(msm_head))/token_embedding/dot_general`)
+decides as for TensorFlow, and `erf` inside a fusion means GELU. XLA's own
+waiting and scheduling events (`BlockUntilReady`, `ThunkExecutor`, thread
+pool awaits) are not op time.
 
     .venv/bin/python benchmarks/profile_step.py --out reports/profile_step
     .venv/bin/python benchmarks/profile_step.py --variants torch --configs tiny
@@ -37,6 +43,8 @@ import collections
 import glob
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,7 +57,12 @@ MATMUL_TYPES = ("matmul", "einsum", "aten::mm", "aten::bmm", "aten::addmm",
                 "baddbmm", "dot", "gemm", "convolution")
 # Framework events that enclose ops (counted through the ops inside them).
 FRAMEWORK = ("parallelfor", "executorstate", "threadpoollistener",
-             "iterator", "functionrun", "kernelanddevicefunc")
+             "iterator", "functionrun", "kernelanddevicefunc",
+             # XLA's runtime: waits and the thunk scheduler.
+             "blockuntilready", "thunkexecutor", "slinkythreadpool")
+# XLA dumps the optimised HLO of the modules whose name matches (JAX's
+# train step, TensorFlow's compiled `one_step_on_data`).
+XLA_DUMP_MODULES = ".*(train_step|one_step_on).*"
 
 
 def categorise(op_type, scope):
@@ -137,6 +150,8 @@ def _worker(args):
             jax.profiler.stop_trace()
         print("LOGDIR " + logdir, flush=True)
         events, covered = _xplane_events(logdir)
+        if args.xla_dump:
+            events = attribute_hlo(events, hlo_instructions(args.xla_dump))
     print("RESULT " + json.dumps({"events": events, "wall": wall,
                                   "covered": covered, "steps": args.steps}))
 
@@ -214,6 +229,91 @@ def _xplane_events(logdir):
     return events, covered
 
 
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) \(")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+) = .*? ([a-z][\w\-]*)\(")
+_CALLS = re.compile(r"(?:calls|to_apply|body|condition)=%([\w.\-]+)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def hlo_instructions(dump_dir):
+    """`{module: {instruction: (kind, op_name)}}` from XLA's text dumps.
+
+    `kind` says what the instruction computes, looking inside the
+    computations it calls (a fusion's body): `dot` when a `dot` or
+    `convolution` is there, else `erf` (GELU), else `rng` (random bits),
+    else ``. `op_name` is its metadata: the framework's name scope.
+    """
+    modules = {}
+    for path in glob.glob(os.path.join(dump_dir, "*after_optimizations.txt")):
+        with open(path) as f:
+            text = f.read()
+        header = text.split("\n", 1)[0].split()
+        if len(header) < 2 or header[0] != "HloModule":
+            continue
+        name = header[1].rstrip(",")
+        opcodes, calls, meta = collections.defaultdict(set), {}, {}
+        computation = None
+        for line in text.splitlines():
+            m = _COMPUTATION.match(line)
+            if m:
+                computation = m.group(1)
+                continue
+            m = _INSTRUCTION.match(line)
+            if not m or computation is None:
+                continue
+            instruction, opcode = m.groups()
+            opcodes[computation].add(opcode)
+            calls[instruction] = _CALLS.findall(line)
+            op_name = _OP_NAME.search(line)
+            meta[instruction] = (opcode, op_name.group(1) if op_name else "")
+            for callee in calls[instruction]:
+                opcodes[computation].add("call:" + callee)
+
+        def inside(computation, seen):
+            found = set()
+            for op in opcodes.get(computation, ()):
+                if op.startswith("call:"):
+                    callee = op[5:]
+                    if callee not in seen:
+                        seen.add(callee)
+                        found |= inside(callee, seen)
+                else:
+                    found.add(op)
+            return found
+
+        table = {}
+        for instruction, (opcode, op_name) in meta.items():
+            ops = {opcode}
+            for callee in calls[instruction]:
+                ops |= inside(callee, {callee})
+            kind = ("dot" if ops & {"dot", "convolution"} else
+                    "erf" if "erf" in ops else
+                    "rng" if ops & {"rng", "rng-bit-generator"} else "")
+            table[instruction] = (kind, op_name)
+        # A module compiled more than once keeps its largest dump.
+        if len(table) >= len(modules.get(name, {})):
+            modules[name] = table
+    return modules
+
+
+def attribute_hlo(events, modules):
+    """Events of XLA thunks, named after what they compute: `(name [kind],
+    op_name|scope, seconds, thread)`; other events unchanged."""
+    merged = {}
+    for table in sorted(modules.values(), key=len):
+        merged.update(table)
+    out = []
+    for name, scope, seconds, thread in events:
+        parts = scope.split("|")
+        table = next((modules[p] for p in parts[1:] if p in modules), merged)
+        if name in table:
+            kind, op_name = table[name]
+            name = f"{name} [{kind}]" if kind else name
+            scope = f"{op_name}|{scope}"
+        out.append((name, scope, seconds, thread))
+    return out
+
+
 def summarise(result):
     """Seconds per step in each category, and the step's wall time."""
     steps = result["steps"]
@@ -246,6 +346,7 @@ def main(argv=None):
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--jit", default="false", help=argparse.SUPPRESS)
+    p.add_argument("--xla-dump", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return _worker(args)
@@ -259,7 +360,17 @@ def main(argv=None):
                    "--config", config, "--jit", tt.VARIANTS[variant]["jit"],
                    "--heads", args.heads, "--batch-size", str(args.batch_size),
                    "--warmup", str(args.warmup), "--steps", str(args.steps)]
+            dump = None
+            if tt.VARIANTS[variant]["jit"] == "true":
+                dump = tempfile.mkdtemp(prefix="profile_step_hlo_")
+                env["XLA_FLAGS"] = " ".join(filter(None, [
+                    env.get("XLA_FLAGS"), f"--xla_dump_to={dump}",
+                    "--xla_dump_hlo_as_text",
+                    f"--xla_dump_hlo_module_re={XLA_DUMP_MODULES}"]))
+                cmd += ["--xla-dump", dump]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if dump:
+                shutil.rmtree(dump, ignore_errors=True)
             line = [l for l in out.stdout.splitlines()
                     if l.startswith("RESULT ")]
             if out.returncode or not line:
