@@ -294,3 +294,73 @@ def test_original_child_imports_neither_tensorflow_nor_keras(tmp_path):
     hidden = _benchmark_module().original_config(config)["hidden_size"]
     assert row["parameters"] == hidden
     assert 0 < row["import_rss_gib"] <= row["peak_rss_gib"]
+
+
+# An optimised HLO module as XLA's CPU compiler dumps it (abridged): a
+# fusion holding a dot, one holding erf, a plain instruction, and a fusion
+# of element-wise ops under the optimizer's name scope.
+_HLO_DUMP = '''HloModule jit_train_step, is_scheduled=true
+
+%fused_computation.145 (param_0.181: f32[30522,128], param_1.184: f32[128,64]) -> f32[30522,64] {
+  %param_0.181 = f32[30522,128]{1,0} parameter(0)
+  %param_1.184 = f32[128,64]{1,0} parameter(1)
+  ROOT %dot.155 = f32[30522,64]{1,0} dot(%param_0.181, %param_1.184), lhs_contracting_dims={1}, rhs_contracting_dims={0}, metadata={op_name="jit(train_step)/transpose(jvp(msm_head))/token_embedding/dot_general"}
+}
+
+%fused_gelu (p.1: f32[8,64]) -> f32[8,64] {
+  %p.1 = f32[8,64]{1,0} parameter(0)
+  %erf.3 = f32[8,64]{1,0} erf(%p.1)
+  ROOT %multiply.9 = f32[8,64]{1,0} multiply(%p.1, %erf.3)
+}
+
+%fused_adam (p.2: f32[64], p.3: f32[64]) -> f32[64] {
+  %p.2 = f32[64]{0} parameter(0)
+  %p.3 = f32[64]{0} parameter(1)
+  ROOT %subtract.4 = f32[64]{0} subtract(%p.2, %p.3)
+}
+
+ENTRY %main.332 (a: f32[30522,128], b: f32[128,64], c: f32[8,64], d: f32[64]) -> (f32[30522,64], f32[8,64], f32[64]) {
+  %a = f32[30522,128]{1,0} parameter(0)
+  %b = f32[128,64]{1,0} parameter(1)
+  %c = f32[8,64]{1,0} parameter(2)
+  %d = f32[64]{0} parameter(3)
+  %ynn_fusion.145 = f32[30522,64]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_computation.145, metadata={op_name="jit(train_step)/transpose(jvp(msm_head))/token_embedding/dot_general" stack_frame_id=565}, backend_config={"fusion_config":{"kind":"__ynn_fusion"}}
+  %multiply_fusion.2 = f32[8,64]{1,0} fusion(%c), kind=kLoop, calls=%fused_gelu, metadata={op_name="jit(train_step)/jvp(inter_bert_backbone)/text_stream_layer_0/feedforward_intermediate_dense/mul"}
+  %subtract_fusion = f32[64]{0} fusion(%d, %d), kind=kLoop, calls=%fused_adam, metadata={op_name="jit(train_step)/pretraining_adamw/sub"}
+  %copy.7 = f32[64]{0} copy(%d), metadata={op_name="jit(train_step)/jvp(inter_bert_backbone)/text_stream_layer_0/output_layer_norm/add"}
+  ROOT %tuple.1 = (f32[30522,64]{1,0}, f32[8,64]{1,0}, f32[64]{0}) tuple(%ynn_fusion.145, %multiply_fusion.2, %subtract_fusion)
+}
+'''
+
+
+@pytest.mark.once
+def test_xla_profile_events_are_named_by_what_their_hlo_computes(tmp_path):
+    """benchmarks/profile_step.py reads the train step's optimised HLO and
+    puts each profiled XLA thunk into a category by its contents and its
+    op_name scope."""
+    ps = _benchmark_module("profile_step")
+    (tmp_path / "module_0124.jit_train_step.cpu_after_optimizations.txt"
+     ).write_text(_HLO_DUMP)
+    # XLA's other dumps of the same module are not HLO text to read.
+    (tmp_path / "module_0124.jit_train_step.cpu_after_optimizations"
+     "-memory-usage-report.txt").write_text("Total bytes used: 1\n")
+    modules = ps.hlo_instructions(str(tmp_path))
+    assert set(modules) == {"jit_train_step"}
+    table = modules["jit_train_step"]
+    assert table["ynn_fusion.145"][0] == "dot"
+    assert table["multiply_fusion.2"][0] == "erf"
+    assert table["subtract_fusion"] == ("", "jit(train_step)/pretraining_adamw/sub")
+    assert table["copy.7"][0] == ""
+
+    events = [(name, f"{name}|{name}|jit_train_step", 0.5, "tf_XLAEigen/1")
+              for name in ("ynn_fusion.145", "multiply_fusion.2",
+                           "subtract_fusion", "copy.7")]
+    events += [("ThunkExecutor::Execute (wait for completion)",
+                "ThunkExecutor::Execute (wait for completion)", 4.0,
+                "tf_XLAPjRtCpuClient/1"),
+               ("BlockUntilReady", "BlockUntilReady", 3.0, "python")]
+    summary = ps.summarise({"events": ps.attribute_hlo(events, modules),
+                            "wall": 2.0, "covered": None, "steps": 1})
+    assert summary["categories"] == {
+        "matmul (vocabulary / class logits)": 0.5, "GELU": 0.5,
+        "optimizer": 0.5, "layer norm": 0.5}
