@@ -69,9 +69,12 @@ def categorise(op_type, scope):
     """A category for one op event from its type and its name scope."""
     t, s = op_type.lower(), scope.lower()
     is_matmul = any(k in t for k in MATMUL_TYPES)
-    head_logits = ("msm_head" in s and ("token_embedding" in s or "reverse" in s
-                                        or "reversible" in s)) or (
-        "mrm_head" in s and "decoder" in s)
+    # A product in the masked-segment or masked-region head that is not its
+    # transform (dense + layer norm) is its decoder: the tied embedding's
+    # `reverse` call, the TensorFlow step's in-place `msm_head/MatMul`, the
+    # region-class `decoder`.
+    head_logits = (("msm_head" in s or "mrm_head" in s)
+                   and "transform" not in s)
     if is_matmul:
         return ("matmul (vocabulary / class logits)" if head_logits
                 else "matmul (encoder)")
@@ -350,6 +353,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.worker:
         return _worker(args)
+    if args.out:
+        # Made now, not after the profiles: a missing folder used to fail
+        # the run at its very end.
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     report = {"machine": tt.machine_state(), "heads": args.heads,
               "profiles": []}
     for config in args.configs:
