@@ -254,7 +254,11 @@ def hlo_instructions(dump_dir):
         if len(header) < 2 or header[0] != "HloModule":
             continue
         name = header[1].rstrip(",")
-        opcodes, calls, meta = collections.defaultdict(set), {}, {}
+        # Per computation: its opcodes and the computations it calls; per
+        # instruction: its opcode, op_name and callees.
+        opcodes = collections.defaultdict(set)
+        callees = collections.defaultdict(set)
+        meta, calls = {}, {}
         computation = None
         for line in text.splitlines():
             m = _COMPUTATION.match(line)
@@ -265,30 +269,26 @@ def hlo_instructions(dump_dir):
             if not m or computation is None:
                 continue
             instruction, opcode = m.groups()
-            opcodes[computation].add(opcode)
-            calls[instruction] = _CALLS.findall(line)
             op_name = _OP_NAME.search(line)
             meta[instruction] = (opcode, op_name.group(1) if op_name else "")
-            for callee in calls[instruction]:
-                opcodes[computation].add("call:" + callee)
+            calls[instruction] = _CALLS.findall(line)
+            opcodes[computation].add(opcode)
+            callees[computation].update(calls[instruction])
 
-        def inside(computation, seen):
-            found = set()
-            for op in opcodes.get(computation, ()):
-                if op.startswith("call:"):
-                    callee = op[5:]
-                    if callee not in seen:
-                        seen.add(callee)
-                        found |= inside(callee, seen)
-                else:
-                    found.add(op)
+        def inside(computations):
+            """Opcodes of `computations` and of all they call."""
+            found, seen, todo = set(), set(), list(computations)
+            while todo:
+                c = todo.pop()
+                if c not in seen:
+                    seen.add(c)
+                    found |= opcodes.get(c, set())
+                    todo.extend(callees.get(c, ()))
             return found
 
         table = {}
         for instruction, (opcode, op_name) in meta.items():
-            ops = {opcode}
-            for callee in calls[instruction]:
-                ops |= inside(callee, {callee})
+            ops = {opcode} | inside(calls[instruction])
             kind = ("dot" if ops & {"dot", "convolution"} else
                     "erf" if "erf" in ops else
                     "rng" if ops & {"rng", "rng-bit-generator"} else "")
