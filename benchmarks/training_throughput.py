@@ -790,16 +790,18 @@ def _memory(r):
 
 def markdown(report):
     lines = [
-        "| config | task | run | heads | pairs/s | × original (either side) | "
+        "| config | task | run | heads | dtype | pairs/s | "
+        "× original (either side) | "
         "GFLOP/step | GFLOP/s | matmul peak GFLOP/s | utilisation | "
         "peak RSS GiB | RSS after imports | peak above imports | "
         "CPU s/step | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         ratio = f"**{r['ratio']:.2f}**" if "ratio" in r else "—"
         lines.append(
             f"| {r['config']} | {r.get('task', 'pretraining')} | "
             f"{LABELS[r['side']]} | {r['heads']} | "
+            f"{r.get('dtype') or 'float32'} | "
             f"{r['pairs_per_second']:.2f} | {ratio} | "
             f"{_figure(r['model_gflop_per_step'])} | "
             f"{r['achieved_gflops']:.1f} | "
