@@ -243,8 +243,9 @@ def hlo_instructions(dump_dir):
 
     `kind` says what the instruction computes, looking inside the
     computations it calls (a fusion's body): `dot` when a `dot` or
-    `convolution` is there, else `erf` (GELU), else `rng` (random bits),
-    else ``. `op_name` is its metadata: the framework's name scope.
+    `convolution` is there, else `erf` (GELU), else `` (its `op_name`
+    scope decides, dropout's random bits included). `op_name` is its
+    metadata: the framework's name scope.
     """
     modules = {}
     for path in glob.glob(os.path.join(dump_dir, "*after_optimizations.txt")):
@@ -290,8 +291,7 @@ def hlo_instructions(dump_dir):
         for instruction, (opcode, op_name) in meta.items():
             ops = {opcode} | inside(calls[instruction])
             kind = ("dot" if ops & {"dot", "convolution"} else
-                    "erf" if "erf" in ops else
-                    "rng" if ops & {"rng", "rng-bit-generator"} else "")
+                    "erf" if "erf" in ops else "")
             table[instruction] = (kind, op_name)
         # A module compiled more than once keeps its largest dump.
         if len(table) >= len(modules.get(name, {})):
