@@ -55,9 +55,10 @@ model in `eval()` under `torch.no_grad()` against our matching logits by
 `predict_on_batch`), at the authors' Flickr30K shapes (text 30, 102 image
 slots); `--batch-size` is then pairs per step (retrieval: 4 per caption).
 Utilisation counts the FLOPs the task needs (encoder, poolers, matching
-classifier); the authors' forward also computes the vocabulary and
-region-class logits at every position, which neither task uses
-(`unused_gflop_per_step` in the report).
+classifier; each stream's last layer at position 0 alone, which is all the
+poolers read); the authors' forward also computes the vocabulary and
+region-class logits at every position and the last layers at every
+position, which neither task uses (`unused_gflop_per_step` in the report).
 """
 import argparse
 import json
@@ -106,7 +107,7 @@ MRM_WIDTH = 4 * ((len(MRM_TARGET_SLOTS) + 3) // 4)
 
 def model_flops_per_pair(config, text_len=TEXT_LEN, slots=SLOTS,
                          num_classes=NUM_CLASSES, msm_positions=None,
-                         mrm_positions=None):
+                         mrm_positions=None, pooled_only=False):
     """Forward matrix-product FLOPs of one pair (multiply-adds x 2).
 
     `config` is a backbone config (`preset_backbone_config`). The image
@@ -116,7 +117,10 @@ def model_flops_per_pair(config, text_len=TEXT_LEN, slots=SLOTS,
     the masked-segment head at `msm_positions` positions (every text
     position when `None`) and the masked-region head at `mrm_positions`
     slots (every slot when `None`). Embedding lookups, layer norms,
-    softmax and activations are not counted.
+    softmax and activations are not counted. `pooled_only`: the last text
+    and image layers as the backbone's pooled-only call runs them, keys and
+    values at every position, the rest at position 0 alone (what the
+    poolers read; the heads are then not computed).
     """
     H, V = config["hidden_dim"], config["vocabulary_size"]
     F, Fi = config["intermediate_dim"], config["image_intermediate_dim"]
@@ -125,15 +129,23 @@ def model_flops_per_pair(config, text_len=TEXT_LEN, slots=SLOTS,
     msm = text_len if msm_positions is None else msm_positions
     mrm = slots if mrm_positions is None else mrm_positions
 
-    def layer(tokens, ffn, keys):
-        dense = 2 * tokens * (4 * H * H + 2 * H * ffn)
-        attention = 2 * 2 * tokens * keys * H
-        return dense + attention
+    def layer(tokens, ffn, keys, queries=None):
+        queries = tokens if queries is None else queries
+        keys_values = 2 * tokens * 2 * H * H
+        rest = 2 * queries * (2 * H * H + 2 * H * ffn)
+        attention = 2 * 2 * queries * keys * H
+        return keys_values + rest + attention
+
+    def stream(count, tokens, ffn):
+        if not pooled_only or count == 0:
+            return count * layer(tokens, ffn, tokens)
+        return ((count - 1) * layer(tokens, ffn, tokens)
+                + layer(tokens, ffn, tokens, queries=1))
 
     flops = 2 * slots * (D * H + 5 * H)
     flops += config["num_single_stream_layers"] * layer(L, F, L)
-    flops += config["num_text_layers"] * layer(text_len, F, text_len)
-    flops += config["num_image_layers"] * layer(slots, Fi, slots)
+    flops += stream(config["num_text_layers"], text_len, F)
+    flops += stream(config["num_image_layers"], slots, Fi)
     flops += 2 * 2 * H * P + 2 * P * 2
     flops += 2 * msm * (H * H + H * V)
     flops += 2 * mrm * (H * H + H * num_classes)
@@ -145,7 +157,8 @@ def step_flops(config, batch_size, heads, task="pretraining", side=None):
     1 x forward for `scoring`.
 
     `retrieval` and `scoring` need the encoder, the poolers and the matching
-    classifier only (no masked-segment or masked-region logits). The
+    classifier only (no masked-segment or masked-region logits, and each
+    stream's last layer at position 0 alone, what the poolers read). The
     `targets` pretraining step computes the masked-segment head at the
     `MSM_WIDTH` padded positions, except TensorFlow without XLA (`side`
     "tensorflow"), whose step drops the padding slots and computes it at
@@ -154,7 +167,8 @@ def step_flops(config, batch_size, heads, task="pretraining", side=None):
     if task != "pretraining":
         text_len, slots = TASK_SHAPES[task]
         per_pair = model_flops_per_pair(config, text_len, slots,
-                                        msm_positions=0, mrm_positions=0)
+                                        msm_positions=0, mrm_positions=0,
+                                        pooled_only=True)
         return (1 if task == "scoring" else 3) * per_pair * batch_size
     if heads == "targets":
         msm = len(MSM_TARGETS) if side == "tensorflow" else MSM_WIDTH
@@ -165,15 +179,16 @@ def step_flops(config, batch_size, heads, task="pretraining", side=None):
     return 3 * per_pair * batch_size
 
 
-def original_unused_head_flops(config, task, batch_size):
+def original_unused_flops(config, task, batch_size):
     """Forward FLOPs the authors' `InterBertForVLTasks` spends per step on
     outputs `retrieval` and `scoring` do not use: its forward always computes
     the vocabulary logits at every text position and the region-class logits
-    at every image slot (`BertPreTrainingHeads`)."""
+    at every slot (`BertPreTrainingHeads`), and each stream's last layer at
+    every position where the poolers read position 0."""
     text_len, slots = TASK_SHAPES[task]
     dense = model_flops_per_pair(config, text_len, slots)
     needed = model_flops_per_pair(config, text_len, slots, msm_positions=0,
-                                  mrm_positions=0)
+                                  mrm_positions=0, pooled_only=True)
     return (dense - needed) * batch_size
 
 
@@ -740,8 +755,8 @@ def add_ratios(results, configs, tasks=("pretraining",)):
     """Utilisation of every row; ours: ratio to the originals either side.
 
     Utilisation counts the model FLOPs the task needs, the same on both
-    sides; where the authors' forward computes more (unused head logits in
-    `retrieval` and `scoring`), the extra is reported in
+    sides; where the authors' forward computes more (unused head logits and
+    last-layer rows in `retrieval` and `scoring`), the extra is reported in
     `unused_gflop_per_step` and not counted.
     """
     from keras_interbert.presets import preset_backbone_config
@@ -755,7 +770,7 @@ def add_ratios(results, configs, tasks=("pretraining",)):
         r["achieved_gflops"] = flops / r["step_seconds"] / 1e9
         r["utilisation"] = r["achieved_gflops"] / r["peak_gflops"]
         if r["side"] == "original" and task != "pretraining":
-            r["unused_gflop_per_step"] = original_unused_head_flops(
+            r["unused_gflop_per_step"] = original_unused_flops(
                 config, task, r["batch_size"]) / 1e9
     for config, task in [(c, t) for c in configs for t in tasks]:
         rows = [r for r in results if r["config"] == config

@@ -61,6 +61,81 @@ def test_padding_does_not_change_real_positions(converted_fixture, fixture_npz):
     np.testing.assert_allclose(more["text_pooled"], base["text_pooled"], atol=1e-5)
 
 
+def test_pooled_only_call_matches_the_original(converted_fixture, fixture_npz):
+    # The pooled-only call computes each stream's last layer at position 0
+    # alone; the poolers and the matching head must still give the
+    # original's numbers.
+    inputs = fixture_inputs(fixture_npz)
+    backbone = converted_fixture.backbone
+    assert backbone.num_text_layers >= 1 and backbone.num_image_layers >= 1
+    pooled = to_numpy(backbone(inputs, training=False, pooled_only=True))
+    assert sorted(pooled) == ["image_pooled", "text_pooled"]
+    for name, value in pooled.items():
+        np.testing.assert_allclose(value, fixture_npz[f"outputs/{name}"],
+                                   atol=1e-5, rtol=0, err_msg=name)
+    retriever = keras_interbert.InterBERTRetriever.from_pretrained(
+        converted_fixture)
+    np.testing.assert_allclose(
+        to_numpy(retriever(inputs, training=False))["itm_logits"],
+        fixture_npz["outputs/itm_logits"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("normalize_first", [False, True])
+def test_first_only_layer_call_is_row_zero_of_the_full_call(normalize_first):
+    layer = keras_interbert.layers.InterBERTTransformerLayer(
+        intermediate_dim=24, num_heads=2, normalize_first=normalize_first)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 6, 16)).astype("float32")
+    padding = np.array([[1] * 6, [1] * 4 + [0] * 2, [1] + [0] * 5], "int32")
+    attention = rng.integers(0, 2, size=(3, 6, 6)).astype("int32")
+    attention[:, :, 0] = 1
+    for kwargs in ({}, {"padding_mask": padding},
+                   {"padding_mask": padding, "attention_mask": attention}):
+        full = keras.ops.convert_to_numpy(layer(x, **kwargs))
+        first = keras.ops.convert_to_numpy(layer(x, first_only=True, **kwargs))
+        assert first.shape == (3, 1, 16)
+        np.testing.assert_allclose(first, full[:, :1], atol=1e-6,
+                                   err_msg=str(sorted(kwargs)))
+    # Symbolic calls (a functional model) give the cut shape too.
+    symbolic = layer(keras.Input((None, 16)), first_only=True)
+    assert tuple(symbolic.shape) == (None, 1, 16)
+
+
+def test_pooled_only_call_in_training_and_in_the_tasks():
+    backbone = InterBERTBackbone(**dict(TINY_BACKBONE, num_text_layers=2,
+                                        num_image_layers=2))
+    inputs = random_backbone_inputs(batch=3)
+    full = to_numpy(backbone(inputs))
+    pooled = to_numpy(backbone(inputs, pooled_only=True))
+    for name in ("text_pooled", "image_pooled"):
+        np.testing.assert_allclose(pooled[name], full[name], atol=1e-6)
+    # Dropout is on in training, as in the full call.
+    first = to_numpy(backbone(inputs, training=True, pooled_only=True))
+    second = to_numpy(backbone(inputs, training=True, pooled_only=True))
+    assert np.abs(first["text_pooled"] - second["text_pooled"]).max() > 0
+    # The tasks that read only the pooled vectors call it that way: the
+    # backbone node of their graph, and their outputs, are the full call's.
+    retriever = keras_interbert.InterBERTRetriever(backbone)
+    node = [n for n in backbone._inbound_nodes
+            if n.operation is backbone and n.arguments.kwargs.get(
+                "pooled_only")]
+    assert node, "the retriever's graph calls the full backbone"
+    logits = to_numpy(retriever(inputs))["itm_logits"]
+    expected = keras.ops.convert_to_numpy(retriever.itm_head(
+        full["text_pooled"], full["image_pooled"]))
+    np.testing.assert_allclose(logits, expected, atol=1e-6)
+    # No second path to any weight: the pooled-only graph is not tracked.
+    assert len(retriever.weights) == len(backbone.weights) + len(
+        retriever.itm_head.weights)
+    # A pretrainer's pair scorer (zero-shot retrieval) takes the same call.
+    from keras_interbert.evaluation.pair_scorer import PairScorer
+
+    pretrainer = InterBERTPretrainer(backbone, 11)
+    logits = to_numpy(pretrainer(inputs))["itm_logits"]
+    np.testing.assert_allclose(PairScorer(pretrainer)(inputs),
+                               logits[:, 0] - logits[:, 1], atol=1e-6)
+
+
 # The counts follow from the variables' shapes, which do not depend on the
 # backend: `once` (tests/conftest.py). Building the published configuration
 # costs about 34 CPU seconds under JAX.

@@ -128,8 +128,9 @@ def test_grouped_adamw_steps_as_keras_adamw_with_clipped_gradients():
                     reason="counts the products PyTorch dispatches")
 def test_matching_flop_formula_matches_counted_matrix_products():
     """The retrieval/scoring FLOPs (encoder, poolers, matching classifier;
-    no masked-segment or masked-region logits) against the products the
-    retriever's forward pass dispatches."""
+    no masked-segment or masked-region logits; the last text and image
+    layers at position 0 alone) against the products the retriever's
+    forward pass dispatches."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from keras_interbert import InterBERTBackbone
@@ -148,8 +149,18 @@ def test_matching_flop_formula_matches_counted_matrix_products():
         outputs = model(x, training=False)
     assert tuple(outputs["itm_logits"].shape) == (B, 2)
     expected = B * tt.model_flops_per_pair(config, text_len=T, slots=R,
-                                           msm_positions=0, mrm_positions=0)
+                                           msm_positions=0, mrm_positions=0,
+                                           pooled_only=True)
     assert counter.get_total_flops() == expected
+    # The backbone's full call (every row of the last layers) counts as the
+    # formula without `pooled_only`, less the matching classifier.
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.backbone(x, training=False)
+    full = B * tt.model_flops_per_pair(config, text_len=T, slots=R,
+                                       msm_positions=0, mrm_positions=0)
+    classifier = B * 2 * model.backbone.pooled_dim * 2
+    assert counter.get_total_flops() == full - classifier > expected
 
 
 @pytest.mark.parametrize("task", ["retrieval", "scoring"])
@@ -180,7 +191,7 @@ def test_matching_worker_times_our_step(task):
     # Training counts backward as twice the forward; scoring the forward.
     assert tt.step_flops(config, 8, "itm", "retrieval") == 3 * tt.step_flops(
         config, 8, "itm", "scoring")
-    assert tt.original_unused_head_flops(config, task, 8) > 0
+    assert tt.original_unused_flops(config, task, 8) > 0
 
 
 def test_retrieval_batch_must_hold_whole_captions(capsys):

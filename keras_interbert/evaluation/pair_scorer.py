@@ -57,8 +57,18 @@ class PairScorer:
                 raise ValueError(
                     f"model {model.name!r} outputs {sorted(output)}; a "
                     "cross-encoder scorer needs 'itm_logits' [B, 2].")
-            submodel = keras.Model(model.input, output["itm_logits"],
-                                   name=f"{model.name}_itm")
+            inputs, logits = model.input, output["itm_logits"]
+            from keras_interbert.models.interbert_pretrainer import (
+                InterBERTPretrainer,
+            )
+            if isinstance(model, InterBERTPretrainer):
+                # Its matching head on the backbone's pooled-only call (the
+                # retriever's graph already makes that call).
+                inputs = model.backbone.input
+                pooled = model.backbone(inputs, pooled_only=True)
+                logits = model.itm_head(pooled["text_pooled"],
+                                        pooled["image_pooled"])
+            submodel = keras.Model(inputs, logits, name=f"{model.name}_itm")
             return submodel.predict_on_batch
 
         def predict(x):

@@ -54,6 +54,16 @@ def _find_backbone(model):
     return backbone
 
 
+def _pooled_output(backbone, name):
+    """The symbolic `name` output of `backbone`; of an `InterBERTBackbone`,
+    by its pooled-only call (the last layers at position 0 alone)."""
+    from keras_interbert.models.interbert_backbone import InterBERTBackbone
+
+    if isinstance(backbone, InterBERTBackbone):
+        return backbone(backbone.input, pooled_only=True)[name]
+    return backbone.output[name]
+
+
 def _find_itm_head(model):
     head = getattr(model, "itm_head", None)
     if isinstance(head, ImageTextMatchingHead):
@@ -97,7 +107,8 @@ def image_pooled_vectors(backbone, table, batch_size=256, tick=None):
     (`text_mask` 0), which its slots do not attend to. `tick()` is called
     after each batch.
     """
-    image_model = keras.Model(backbone.input, backbone.output["image_pooled"])
+    image_model = keras.Model(backbone.input,
+                              _pooled_output(backbone, "image_pooled"))
     images = []
     image_batch = min(batch_size, table.num_images)
     for start in range(0, table.num_images, image_batch):
@@ -121,8 +132,8 @@ def pooled_embeddings(model, evaluation_set, batch_size=256, progress=False):
     to by the other stream's tokens, so it does not change the output.
     """
     backbone = _find_backbone(model)
-    outputs = backbone.output
-    text_model = keras.Model(backbone.input, outputs["text_pooled"])
+    text_model = keras.Model(backbone.input,
+                             _pooled_output(backbone, "text_pooled"))
     feature_dim = evaluation_set.table.feature_dim
     text = evaluation_set.text
     bar = None

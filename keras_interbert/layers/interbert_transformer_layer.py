@@ -2,6 +2,7 @@ import warnings
 
 import keras
 import keras_hub
+from keras import ops
 
 # Keras warns on every softmax over an axis of size 1, which is what a
 # one-slot sequence attends over (an empty modality is one padded slot:
@@ -62,13 +63,58 @@ class InterBERTTransformerLayer(keras_hub.layers.TransformerEncoder):
         self._self_attention_dropout.rate = hidden_dropout
         self._feedforward_dropout.rate = hidden_dropout
 
-    def call(self, inputs, *args, **kwargs):
+    def call(self, inputs, *args, first_only=False, **kwargs):
+        """The block on `inputs`; with `first_only=True`, at position 0 alone.
+
+        `first_only` gives `[B, 1, H]`: the first position's query attends
+        to every key and value of `inputs` and only its row goes through the
+        attention output, the residuals, the layer norms and the
+        feed-forward layer, which is the same math as the full block's row
+        0. A pooler that reads position 0 needs nothing else from a stream's
+        last layer (`InterBERTBackbone(..., pooled_only=True)`).
+        """
+        call = self._first_position if first_only else super().call
         if inputs.shape[1] != 1:
-            return super().call(inputs, *args, **kwargs)
+            return call(inputs, *args, **kwargs)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=ONE_KEY_SOFTMAX_WARNING,
                                     category=UserWarning)
-            return super().call(inputs, *args, **kwargs)
+            return call(inputs, *args, **kwargs)
+
+    def _first_position(self, inputs, padding_mask=None, attention_mask=None,
+                        training=None):
+        # keras-hub's `TransformerEncoder.call` with the query cut to row 0.
+        mask = None
+        if padding_mask is not None:
+            mask = ops.expand_dims(ops.cast(padding_mask, "int32"), axis=1)
+        if attention_mask is not None:
+            rows = ops.cast(attention_mask[:, :1, :], "int32")
+            mask = rows if mask is None else ops.minimum(mask, rows)
+        residual = inputs[:, :1, :]
+        values = inputs
+        if self.normalize_first:
+            values = self._self_attention_layer_norm(inputs)
+        x = self._self_attention_layer(
+            query=values[:, :1, :], value=values, attention_mask=mask,
+            training=training)
+        x = self._self_attention_dropout(x, training=training) + residual
+        if not self.normalize_first:
+            x = self._self_attention_layer_norm(x)
+        residual = x
+        if self.normalize_first:
+            x = self._feedforward_layer_norm(x)
+        x = self._feedforward_output_dense(
+            self._feedforward_intermediate_dense(x))
+        x = self._feedforward_dropout(x, training=training) + residual
+        if not self.normalize_first:
+            x = self._feedforward_layer_norm(x)
+        return x
+
+    def compute_output_spec(self, inputs, *args, first_only=False, **kwargs):
+        if not first_only:
+            return super().compute_output_spec(inputs, *args, **kwargs)
+        return keras.KerasTensor((inputs.shape[0], 1, inputs.shape[2]),
+                                 dtype=self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()

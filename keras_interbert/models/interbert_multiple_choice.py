@@ -72,7 +72,8 @@ class InterBERTMultipleChoice(BackboneTask):
             for name, spec in backbone.input.items()
         }
         features = backbone({name: self.merge_options(value)
-                             for name, value in inputs.items()})
+                             for name, value in inputs.items()},
+                            pooled_only=True)
         fused = self.fusion([features["text_pooled"], features["image_pooled"]])
         logits = self.choice_dense(self.fusion_dropout(fused))
         outputs = self.split_options(logits)

@@ -425,7 +425,7 @@ def unimodal_pooled(backbone, inputs, token_ids, training=None):
         "region_features": ops.zeros_like(features[:, :1]),
         "region_locations": ops.zeros_like(inputs["region_locations"][:, :1]),
         "region_mask": ops.zeros_like(inputs["region_mask"][:, :1]),
-    }, training=training)["text_pooled"]
+    }, training=training, pooled_only=True)["text_pooled"]
     empty = ops.zeros((size, 1), dtype=text_mask.dtype)
     image = backbone({
         "token_ids": ops.zeros_like(token_ids[:, :1]),
@@ -434,5 +434,5 @@ def unimodal_pooled(backbone, inputs, token_ids, training=None):
         "region_features": features,
         "region_locations": inputs["region_locations"],
         "region_mask": inputs["region_mask"],
-    }, training=training)["image_pooled"]
+    }, training=training, pooled_only=True)["image_pooled"]
     return text, image

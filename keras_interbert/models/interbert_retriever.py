@@ -81,7 +81,7 @@ class InterBERTRetriever(BackboneTask):
 
         # === Functional model ===
         inputs = backbone.input
-        features = backbone(inputs)
+        features = backbone(inputs, pooled_only=True)
         outputs = {"itm_logits": self.itm_head(features["text_pooled"],
                                                features["image_pooled"])}
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)

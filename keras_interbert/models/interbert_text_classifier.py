@@ -51,7 +51,7 @@ class InterBERTTextClassifier(BackboneTask):
 
         # === Functional model ===
         inputs = backbone.input
-        features = backbone(inputs)
+        features = backbone(inputs, pooled_only=True)
         outputs = self.classifier_dense(
             self.classifier_dropout(features["text_pooled"]))
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)

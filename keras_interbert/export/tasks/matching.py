@@ -38,7 +38,7 @@ def matching_signatures(model, tokenizer, packer, options):
             feature_dim, tf.shape(text)[0])
         x = dict(packer(tokenizer(text)))
         x.update(serving_regions(image, options.max_regions))
-        features = backbone(x, training=False)
+        features = backbone(x, training=False, pooled_only=True)
         return (tf.cast(features["text_pooled"], tf.float32),
                 tf.cast(features["image_pooled"], tf.float32))
 
@@ -81,7 +81,7 @@ def reference(model, export_dir, metadata, signature, inputs):
 
     backbone = model.backbone
     x = pipeline_inputs(export_dir, metadata, inputs)
-    features = backbone(x, training=False)
+    features = backbone(x, training=False, pooled_only=True)
     text_pooled = numpy(features["text_pooled"])
     image_pooled = numpy(features["image_pooled"])
     if signature == "embed":
