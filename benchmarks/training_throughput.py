@@ -55,10 +55,11 @@ model in `eval()` under `torch.no_grad()` against our matching logits by
 `predict_on_batch`), at the authors' Flickr30K shapes (text 30, 102 image
 slots); `--batch-size` is then pairs per step (retrieval: 4 per caption).
 Utilisation counts the FLOPs the task needs (encoder, poolers, matching
-classifier; each stream's last layer at position 0 alone, which is all the
-poolers read); the authors' forward also computes the vocabulary and
-region-class logits at every position and the last layers at every
-position, which neither task uses (`unused_gflop_per_step` in the report).
+classifier; in scoring each stream's last layer at position 0 alone, which
+is all the poolers read); the authors' forward also computes the vocabulary
+and region-class logits at every position, which neither task uses, and in
+scoring the last layers at every position (`unused_gflop_per_step` in the
+report).
 """
 import argparse
 import json
@@ -157,8 +158,10 @@ def step_flops(config, batch_size, heads, task="pretraining", side=None):
     1 x forward for `scoring`.
 
     `retrieval` and `scoring` need the encoder, the poolers and the matching
-    classifier only (no masked-segment or masked-region logits, and each
-    stream's last layer at position 0 alone, what the poolers read). The
+    classifier only (no masked-segment or masked-region logits); scoring
+    needs each stream's last layer at position 0 alone, which is all the
+    poolers read (our training step runs it at every position, so that its
+    dropout masks are those of the full call). The
     `targets` pretraining step computes the masked-segment head at the
     `MSM_WIDTH` padded positions, except TensorFlow without XLA (`side`
     "tensorflow"), whose step drops the padding slots and computes it at
@@ -168,7 +171,7 @@ def step_flops(config, batch_size, heads, task="pretraining", side=None):
         text_len, slots = TASK_SHAPES[task]
         per_pair = model_flops_per_pair(config, text_len, slots,
                                         msm_positions=0, mrm_positions=0,
-                                        pooled_only=True)
+                                        pooled_only=task == "scoring")
         return (1 if task == "scoring" else 3) * per_pair * batch_size
     if heads == "targets":
         msm = len(MSM_TARGETS) if side == "tensorflow" else MSM_WIDTH
@@ -183,12 +186,13 @@ def original_unused_flops(config, task, batch_size):
     """Forward FLOPs the authors' `InterBertForVLTasks` spends per step on
     outputs `retrieval` and `scoring` do not use: its forward always computes
     the vocabulary logits at every text position and the region-class logits
-    at every slot (`BertPreTrainingHeads`), and each stream's last layer at
-    every position where the poolers read position 0."""
+    at every slot (`BertPreTrainingHeads`), and in scoring each stream's
+    last layer at every position where the poolers read position 0."""
     text_len, slots = TASK_SHAPES[task]
     dense = model_flops_per_pair(config, text_len, slots)
     needed = model_flops_per_pair(config, text_len, slots, msm_positions=0,
-                                  mrm_positions=0, pooled_only=True)
+                                  mrm_positions=0,
+                                  pooled_only=task == "scoring")
     return (dense - needed) * batch_size
 
 
@@ -755,8 +759,9 @@ def add_ratios(results, configs, tasks=("pretraining",)):
     """Utilisation of every row; ours: ratio to the originals either side.
 
     Utilisation counts the model FLOPs the task needs, the same on both
-    sides; where the authors' forward computes more (unused head logits and
-    last-layer rows in `retrieval` and `scoring`), the extra is reported in
+    sides; where the authors' forward computes more (unused head logits in
+    `retrieval` and `scoring`, last-layer rows in `scoring`), the extra is
+    reported in
     `unused_gflop_per_step` and not counted.
     """
     from keras_interbert.presets import preset_backbone_config

@@ -188,9 +188,14 @@ def test_matching_worker_times_our_step(task):
     assert x["region_features"].shape == (8, 102, config["image_feature_dim"])
     # The four pairs of each caption: matched, then three mismatches.
     np.testing.assert_array_equal(labels, [0, 1, 1, 1, 0, 1, 1, 1])
-    # Training counts backward as twice the forward; scoring the forward.
-    assert tt.step_flops(config, 8, "itm", "retrieval") == 3 * tt.step_flops(
-        config, 8, "itm", "scoring")
+    # Training counts backward as twice the forward (every position of the
+    # last layers: the step runs them); scoring the pooled-only forward.
+    forward = {pooled: 8 * tt.model_flops_per_pair(
+        config, 30, 102, msm_positions=0, mrm_positions=0,
+        pooled_only=pooled) for pooled in (False, True)}
+    assert forward[True] < forward[False]
+    assert tt.step_flops(config, 8, "itm", "retrieval") == 3 * forward[False]
+    assert tt.step_flops(config, 8, "itm", "scoring") == forward[True]
     assert tt.original_unused_flops(config, task, 8) > 0
 
 

@@ -424,11 +424,19 @@ class InterBERTBackbone(FunctionalBase):
         `image_pooled` alone, for the tasks that read nothing else (the
         matching head, retrieval, the classifiers).
 
-        The pooled-only call computes each stream's last layer at its first
-        position only, which is all the poolers read: the same numbers as
-        the full call's pooled outputs, for less work (about 7% of the
-        forward at retrieval's 30 tokens and 102 image slots).
+        Outside training the pooled-only call computes each stream's last
+        layer at its first position only, which is all the poolers read: the
+        same numbers as the full call's pooled outputs, for less work (about
+        7% of the forward at retrieval's 30 tokens and 102 image slots). In
+        training it runs the full graph (the dropout masks of the last
+        layers then stay those of the full call).
         """
+        if pooled_only and training:
+            # In training the full graph runs, so that every dropout layer
+            # draws the masks it draws in the full call: a finetuning run
+            # takes the same steps as before the pooled-only call existed.
+            outputs = super().call(inputs, training=training, mask=mask)
+            return {k: outputs[k] for k in ("text_pooled", "image_pooled")}
         if not pooled_only:
             return super().call(inputs, training=training, mask=mask)
         return self._pooled_graph.call(inputs, training=training)
