@@ -1,6 +1,8 @@
+import contextlib
 import json
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 from conftest import TINY_BACKBONE
@@ -80,6 +82,14 @@ def test_pooled_only_call_matches_the_original(converted_fixture, fixture_npz):
         fixture_npz["outputs/itm_logits"], atol=1e-5, rtol=0)
 
 
+def _no_grad():
+    if keras.config.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
 @pytest.mark.parametrize("normalize_first", [False, True])
 def test_first_only_layer_call_is_row_zero_of_the_full_call(normalize_first):
     layer = keras_interbert.layers.InterBERTTransformerLayer(
@@ -92,6 +102,17 @@ def test_first_only_layer_call_is_row_zero_of_the_full_call(normalize_first):
     for kwargs in ({}, {"padding_mask": padding},
                    {"padding_mask": padding, "attention_mask": attention}):
         full = keras.ops.convert_to_numpy(layer(x, **kwargs))
+        # The full call is keras-hub's block (under TensorFlow outside
+        # training, the layer's own `_block` with the fused product).
+        # (Called directly, not through Keras' `__call__`: on tensors, and
+        # under PyTorch without gradient tracking.)
+        tensors = {k: keras.ops.convert_to_tensor(v) for k, v in kwargs.items()}
+        with _no_grad():
+            hub = keras.ops.convert_to_numpy(
+                keras_hub.layers.TransformerEncoder.call(
+                    layer, keras.ops.convert_to_tensor(x), **tensors))
+        np.testing.assert_allclose(full, hub, atol=1e-6,
+                                   err_msg=str(sorted(kwargs)))
         first = keras.ops.convert_to_numpy(layer(x, first_only=True, **kwargs))
         assert first.shape == (3, 1, 16)
         np.testing.assert_allclose(first, full[:, :1], atol=1e-6,
