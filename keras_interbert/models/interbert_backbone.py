@@ -431,15 +431,15 @@ class InterBERTBackbone(FunctionalBase):
         training it runs the full graph (the dropout masks of the last
         layers then stay those of the full call).
         """
-        if pooled_only and training:
-            # In training the full graph runs, so that every dropout layer
-            # draws the masks it draws in the full call: a finetuning run
-            # takes the same steps as before the pooled-only call existed.
-            outputs = super().call(inputs, training=training, mask=mask)
-            return {k: outputs[k] for k in ("text_pooled", "image_pooled")}
+        if pooled_only and not training:
+            return self._pooled_graph.call(inputs, training=training)
+        outputs = super().call(inputs, training=training, mask=mask)
         if not pooled_only:
-            return super().call(inputs, training=training, mask=mask)
-        return self._pooled_graph.call(inputs, training=training)
+            return outputs
+        # In training the full graph runs, so that every dropout layer draws
+        # the masks it draws in the full call: a finetuning run takes the
+        # same steps as before the pooled-only call existed.
+        return {k: outputs[k] for k in ("text_pooled", "image_pooled")}
 
     def compute_output_spec(self, inputs, training=None, mask=None,
                             pooled_only=False):
