@@ -337,7 +337,7 @@ def summarise(result):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants", nargs="+", default=list(tt.VARIANTS),
+    p.add_argument("--variants", nargs="+", default=list(tt.DEFAULT_VARIANTS),
                    choices=list(tt.VARIANTS))
     p.add_argument("--configs", nargs="+", default=["published"],
                    choices=list(tt.CONFIGS))
@@ -368,7 +368,8 @@ def main(argv=None):
                    "--heads", args.heads, "--batch-size", str(args.batch_size),
                    "--warmup", str(args.warmup), "--steps", str(args.steps)]
             dump = None
-            if tt.VARIANTS[variant]["jit"] == "true":
+            if (tt.VARIANTS[variant]["jit"] == "true"
+                    and tt.VARIANTS[variant]["KERAS_BACKEND"] != "torch"):
                 dump = tempfile.mkdtemp(prefix="profile_step_hlo_")
                 env["XLA_FLAGS"] = " ".join(filter(None, [
                     env.get("XLA_FLAGS"), f"--xla_dump_to={dump}",

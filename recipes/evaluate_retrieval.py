@@ -63,6 +63,14 @@ def parse_args(argv=None):
                      help="Stop full scoring after this many batches (the "
                      "partial score file is kept; exit status 3).")
     run.add_argument("--no-progress", action="store_true")
+    from keras_interbert.utils.cli import add_jit_compile_argument
+
+    add_jit_compile_argument(
+        run, "How the cross-encoder runs (Keras jit_compile): auto is "
+        "Keras' choice; true compiles it with XLA (TensorFlow, JAX) or "
+        "torch.compile (PyTorch: about 1.25x the pairs per second on a CPU "
+        "after a first batch that compiles for minutes; "
+        "docs/benchmarks.md).")
     return p.parse_args(argv)
 
 
@@ -117,7 +125,9 @@ def main(argv=None):
             os.remove(stale)
 
     modes = tuple(m.replace("-", "_") for m in args.modes)
-    scorer = PairScorer(model)
+    from keras_interbert.utils.cli import JIT_COMPILE
+
+    scorer = PairScorer(model, jit_compile=JIT_COMPILE[args.jit_compile])
     progress = not args.no_progress
     if "full" in modes:
         grid = score_grid(scorer, evaluation, args.batch_size, scores_path,

@@ -312,6 +312,24 @@ def test_two_stage_with_every_candidate_reranked_equals_full_scoring(bundle):
         text_to_image_ranks(first_stage, owner))
 
 
+def test_a_compiled_scorer_gives_the_eager_scores(bundle):
+    """`jit_compile=True`: XLA (TensorFlow, JAX) or `torch.compile`
+    (PyTorch) runs the cut-down model; the scores are the same."""
+    model = bundle["model"]
+    x, _ = next(bundle["evaluation"].grid_dataset(BATCH, 0)
+                .as_numpy_iterator())
+    compiled = PairScorer(model, jit_compile=True)
+    eager = PairScorer(model, jit_compile=False)
+    assert compiled._predict.__self__.jit_compile is True
+    assert eager._predict.__self__.jit_compile is False
+    np.testing.assert_allclose(compiled(x), eager(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(compiled(x), bundle["full_scores"].ravel()[
+        :BATCH], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="jit_compile must be 'auto', True "
+                       "or False; received 'yes'"):
+        PairScorer(model, jit_compile="yes")
+
+
 def test_evaluate_retrieval_reports_both_modes(bundle):
     evaluation = bundle["evaluation"]
     # The finished score file of the fixture is reused, not scored again.
@@ -388,7 +406,7 @@ def test_recipe_end_to_end(bundle, tmp_path):
     assert not os.path.exists(os.path.join(out, "scores_full.npz"))
     assert os.path.exists(os.path.join(out, "scores_full.partial.json"))
 
-    code, printed = _run(recipe, *common)
+    code, printed = _run(recipe, *common, "--jit-compile", "false")
     assert code == 0
     assert "Resumed full scoring at pair 256." in printed
     assert sorted(os.listdir(out)) == [".keras_interbert_evaluation",
