@@ -36,7 +36,16 @@ the resident set right after the child's imports (its framework's runtime:
 our children import TensorFlow and Keras whatever the backend, for
 keras-hub and the data pipeline; the original's child imports PyTorch and
 the authors' package only, its configuration comes from this process) and
-the peak above it, the memory of the model and its step.
+the peak above it, the memory of the model and its step, and the share of
+the machine's CPU time that its hypervisor gave to other guests while the
+child ran (/proc/stat's steal): a row with a high share was timed on fewer
+cores than it asked for.
+
+`--variants ... torch_compile` adds PyTorch with Keras' `jit_compile=True`,
+which is `torch.compile` (Inductor): its first step compiles for minutes
+(about 2.5 for scoring the published configuration on two cores; the
+training steps had not finished compiling after 14), so it runs only when
+asked for.
 
     .venv/bin/python benchmarks/training_throughput.py --original ~/src/interbert-original \\
         --out reports/training_throughput
@@ -744,8 +753,10 @@ def run_child(side, config, args):
            "--batch-size", str(args.batch_size), "--steps", str(args.steps),
            "--warmup", str(args.warmup), *extra]
     load_before = os.getloadavg()[0]
+    cpu_before = host_cpu_times()
     started = time.perf_counter()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    stolen = stolen_share(cpu_before, host_cpu_times())
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     if out.returncode or not lines:
         tail = (out.stderr.strip().splitlines() or ["(no output)"])[-3:]
@@ -756,8 +767,32 @@ def run_child(side, config, args):
     for r in results:
         r.update(config=config, load_average_before=round(load_before, 2),
                  load_average_after=round(os.getloadavg()[0], 2),
-                 child_seconds=round(time.perf_counter() - started, 1))
+                 child_seconds=round(time.perf_counter() - started, 1),
+                 stolen_cpu_share=stolen)
     return results
+
+
+def host_cpu_times():
+    """The machine's CPU time so far, `(stolen, total)` in clock ticks, from
+    the first line of /proc/stat; `None` where there is none (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is already
+    # counted in user and nice).
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def stolen_share(before, after):
+    """The share of the machine's CPU time that its hypervisor gave to other
+    guests between two `host_cpu_times()` readings (a virtual machine's
+    "steal"): rows timed while it is high were measured on fewer cores than
+    they asked for. `None` where it cannot be read."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
 
 
 def add_ratios(results, configs, tasks=("pretraining",)):
@@ -813,14 +848,19 @@ def _memory(r):
             f"{r['peak_rss_gib'] - r['import_rss_gib']:.2f}")
 
 
+def _stolen(row):
+    share = row.get("stolen_cpu_share")
+    return "—" if share is None else f"{100 * share:.0f}%"
+
+
 def markdown(report):
     lines = [
         "| config | task | run | heads | dtype | pairs/s | "
         "× original (either side) | "
         "GFLOP/step | GFLOP/s | matmul peak GFLOP/s | utilisation | "
         "peak RSS GiB | RSS after imports | peak above imports | "
-        "CPU s/step | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "CPU s/step | load avg | CPU stolen |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         ratio = f"**{r['ratio']:.2f}**" if "ratio" in r else "—"
         lines.append(
@@ -834,7 +874,7 @@ def markdown(report):
             f"{r['peak_rss_gib']:.2f} | {_memory(r)} | "
             f"{r['cpu_seconds_per_step']:.2f} | "
             f"{r['load_average_before']:.1f}–"
-            f"{r['load_average_after']:.1f} |")
+            f"{r['load_average_after']:.1f} | {_stolen(r)} |")
     m = report["machine"]
     lines += ["", f"Machine: {m.get('model', '?')}, {m['cpus']} CPUs, "
               f"flags {' '.join(m.get('vector_flags', []))}; load average "
