@@ -328,6 +328,8 @@ def test_a_compiled_scorer_gives_the_eager_scores(bundle):
     with pytest.raises(ValueError, match="jit_compile must be 'auto', True "
                        "or False; received 'yes'"):
         PairScorer(model, jit_compile="yes")
+    with pytest.raises(ValueError, match="received None"):
+        PairScorer(model, jit_compile=None)
 
 
 def test_evaluate_retrieval_reports_both_modes(bundle):

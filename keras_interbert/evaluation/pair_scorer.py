@@ -49,10 +49,12 @@ class PairScorer:
         if not callable(model):
             raise TypeError("model must be a Keras model or a callable; "
                             f"received {type(model).__name__}.")
-        if jit_compile not in ("auto", True, False):
+        if not (jit_compile == "auto" if isinstance(jit_compile, str)
+                else isinstance(jit_compile, (bool, np.bool_))):
             raise ValueError("jit_compile must be 'auto', True or False; "
                              f"received {jit_compile!r}.")
-        self.jit_compile = jit_compile
+        self.jit_compile = (jit_compile if jit_compile == "auto"
+                            else bool(jit_compile))
         self.model = model
         self._predict = None
         if isinstance(model, keras.Model):
