@@ -26,6 +26,8 @@ EXIT_PARTIAL = 3
 
 
 def parse_args(argv=None):
+    from keras_interbert.utils.cli import add_jit_compile_argument
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True,
                    help=".keras model with an 'itm_logits' output.")
@@ -63,8 +65,6 @@ def parse_args(argv=None):
                      help="Stop full scoring after this many batches (the "
                      "partial score file is kept; exit status 3).")
     run.add_argument("--no-progress", action="store_true")
-    from keras_interbert.utils.cli import add_jit_compile_argument
-
     add_jit_compile_argument(
         run, "How the cross-encoder runs (Keras jit_compile): auto is "
         "Keras' choice; true compiles it with XLA (TensorFlow, JAX) or "
@@ -86,6 +86,7 @@ def main(argv=None):
     from keras_interbert.evaluation import plot_recall_curves
     from keras_interbert.evaluation import score_grid
     from keras_interbert.preprocessing import InterBERTTokenizer
+    from keras_interbert.utils.cli import JIT_COMPILE
 
     if not (args.data or (args.regions and args.captions)):
         raise SystemExit("Give --data, or both --regions and --captions.")
@@ -125,8 +126,6 @@ def main(argv=None):
             os.remove(stale)
 
     modes = tuple(m.replace("-", "_") for m in args.modes)
-    from keras_interbert.utils.cli import JIT_COMPILE
-
     scorer = PairScorer(model, jit_compile=JIT_COMPILE[args.jit_compile])
     progress = not args.no_progress
     if "full" in modes:
