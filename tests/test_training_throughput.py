@@ -208,29 +208,22 @@ def test_retrieval_batch_must_hold_whole_captions(capsys):
 
 
 @pytest.mark.once
-def test_stolen_cpu_share_of_a_row(tmp_path, monkeypatch):
+def test_stolen_cpu_share_of_a_row(tmp_path):
     """Each row's share of CPU time the hypervisor gave to other guests,
     from /proc/stat's steal column (the eighth number of its `cpu` line)."""
     tt = _benchmark_module()
     stat = tmp_path / "stat"
-    real_open = open
-
-    def fake_open(path, *args, **kwargs):
-        return real_open(stat if path == "/proc/stat" else path, *args,
-                         **kwargs)
-
-    monkeypatch.setattr("builtins.open", fake_open)
     stat.write_text("cpu  600 0 100 250 10 0 0 40 0 0\ncpu0 1 2 3\n")
-    before = tt.host_cpu_times()
+    before = tt.host_cpu_times(stat)
     assert before == (40, 1000)
     stat.write_text("cpu  1400 0 200 260 10 0 0 130 0 0\n")
-    after = tt.host_cpu_times()
+    after = tt.host_cpu_times(stat)
     assert after == (130, 2000)
     assert tt.stolen_share(before, after) == 0.09
     assert tt.stolen_share(before, None) is None
     assert tt.stolen_share(after, before) is None
     stat.unlink()
-    assert tt.host_cpu_times() is None
+    assert tt.host_cpu_times(stat) is None
     assert tt._stolen({"stolen_cpu_share": 0.09}) == "9%"
     assert tt._stolen({}) == "—"
 
